@@ -1,0 +1,137 @@
+"""Exercise checkers: run a reader's function against the package on random and edge inputs.
+
+Each checker prints one line per case (pass/fail and max|diff|) and returns True when all pass.
+Each chapter adds the checkers for its exercises below the shared helper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+def compare_cases(
+    name: str,
+    candidate: Callable,
+    reference: Callable,
+    cases: Iterable[tuple[str, tuple]],
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> bool:
+    """Call both functions on each case's arguments and report max|diff| (tensors) or equality."""
+    ok_all = True
+    for label, args in cases:
+        try:
+            got = candidate(*args)
+        except Exception as e:  # a reader's exercise may fail in any way; report it, do not crash
+            print(f"FAIL {name} [{label}]: raised {type(e).__name__}: {e}")
+            ok_all = False
+            continue
+        want = reference(*args)
+        if isinstance(want, torch.Tensor):
+            if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                print(f"FAIL {name} [{label}]: got {shape}, expected shape {tuple(want.shape)}")
+                ok_all = False
+                continue
+            diff = (got.float() - want.float()).abs().max().item()
+            ok = torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol)
+            print(f"{'pass' if ok else 'FAIL'} {name} [{label}]: max|diff| = {diff:.2e}")
+        else:
+            ok = got == want
+            print(
+                f"{'pass' if ok else 'FAIL'} {name} [{label}]: got {got!r}"
+                + ("" if ok else f", expected {want!r}")
+            )
+        ok_all &= bool(ok)
+    print(f"{name}: {'all passed' if ok_all else 'some cases failed'}")
+    return ok_all
+
+
+# Chapter 01: the BPE tokenizer ------------------------------------------------------------------
+
+
+def byte_encoder(candidate: Callable[[], dict[int, str]]) -> bool:
+    """Check a `bytes_to_unicode()` against the package: same stand-in for each of the 256 bytes."""
+    from minisd.tokenizer import bytes_to_unicode
+
+    def as_text(fn: Callable[[], dict[int, str]], lo: int, hi: int) -> str:
+        table = fn()
+        return "".join(table[b] for b in range(lo, hi + 1))
+
+    cases = [
+        ("printable ASCII 33-126", (33, 126)),
+        ("printable Latin-1 161-255", (161, 255)),
+        ("control bytes and space 0-32", (0, 32)),
+        ("DEL, C1 controls, NBSP 127-160", (127, 160)),
+    ]
+    return compare_cases(
+        "byte_encoder",
+        lambda lo, hi: as_text(candidate, lo, hi),
+        lambda lo, hi: as_text(bytes_to_unicode, lo, hi),
+        cases,
+    )
+
+
+def bpe_merge(candidate: Callable[[str, dict], list[str]], tokenizer=None) -> bool:
+    """Check a `bpe(word, ranks) -> symbols` on a toy merge table and on CLIP's 48,894 merges."""
+    from minisd.tokenizer import CLIPTokenizer, bpe, byte_encode
+
+    toy = {("l", "o"): 0, ("lo", "w</w>"): 1, ("e", "r</w>"): 2, ("lo", "w"): 3, ("a", "a"): 4}
+    cases = [(f"toy merges: {w!r}", (w, toy)) for w in ["low", "lower", "aaaaa", "x", "wol"]]
+    ranks = (tokenizer or CLIPTokenizer()).ranks
+    words = ["a", "astronaut", "horse", "masterpiece", "8", "!!!", "unbelievably", "café", "東京", "🐱🚀"]
+    cases += [(f"CLIP merges: {w!r}", (byte_encode(w), ranks)) for w in words]
+    return compare_cases("bpe_merge", candidate, bpe, cases)
+
+
+def pad_and_truncate(candidate: Callable[[list[int], int], list[int]]) -> bool:
+    """Check a `fit(ids, length)` that pads `[SOT, ..., EOT]` with 49407 or cuts it keeping EOT last."""
+    from minisd.tokenizer import pad_or_truncate
+
+    def body(n: int) -> list[int]:
+        return [49406, *range(1000, 1000 + n), 49407]
+
+    cases = [
+        ("empty prompt, length 8", (body(0), 8)),
+        ("3 tokens, length 8", (body(3), 8)),
+        ("exactly fits, length 8", (body(6), 8)),
+        ("one too many, length 8", (body(7), 8)),
+        ("30 tokens, length 12", (body(30), 12)),
+    ]
+    return compare_cases("pad_and_truncate", candidate, lambda ids, n: pad_or_truncate(ids, n), cases)
+
+
+def ddim_step(candidate: Callable) -> bool:
+    """Chapter 03: `candidate(model_output, sample, alpha_bar_t, alpha_bar_prev) -> x_prev`, a deterministic
+    (eta = 0) DDIM step with epsilon prediction, against `minisd.schedulers.DDIMScheduler.step` run
+    with SD v1.5's scheduler config (first, middle and last step of a 50-step schedule)."""
+    from minisd.schedulers import DDIMScheduler
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    scheduler = DDIMScheduler(**config, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(50)
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for label, t, shape in [
+        ("t=981", 981, (1, 4, 8, 8)),
+        ("t=501, batch", 501, (2, 4, 8, 8)),
+        ("t=1, last", 1, (3,)),
+    ]:
+        eps, x = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        prev = t - stride
+        alpha_prev = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+        cases.append((label, (eps, x, scheduler.alphas_cumprod[t], alpha_prev, t)))
+    cases.append(
+        ("eps = 0", (torch.zeros(4), torch.ones(4), scheduler.alphas_cumprod[501], cases[1][1][3], 501))
+    )
+
+    def reference(eps, x, alpha_t, alpha_prev, t):
+        return scheduler.step(eps, t, x)
+
+    def reader(eps, x, alpha_t, alpha_prev, t):
+        return candidate(eps, x, alpha_t, alpha_prev)
+
+    return compare_cases("ddim_step", reader, reference, cases)

@@ -1,0 +1,104 @@
+"""Keeping the chapters honest: marked cells equal the package, committed notebooks are clean.
+
+A chapter cell that shows package code starts with a marker line such as
+`# minisd: minisd/resnet.py`; every top-level `def`/`class` in it must equal (by `ast`) the
+definition of the same name in that module. `python -m minisd sync-chapters` rewrites the
+marked cells from the package; `tests/test_notebook_sync.py` fails on any difference.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"^# minisd: (minisd/[\w/]+\.py)\s*$")
+
+
+def chapter_paths(root: Path = ROOT) -> list[Path]:
+    """The numbered chapters and their solutions, in order."""
+    chapters = root / "chapters"
+    return sorted(chapters.glob("[0-9][0-9]_*.ipynb")) + sorted(chapters.glob("solutions/*.ipynb"))
+
+
+def _definitions(source: str) -> dict[str, ast.AST]:
+    tree = ast.parse(source)
+    return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def marked_cells(nb_path: Path) -> list[tuple[int, str, str]]:
+    """(cell index, module path, cell source) for every marked code cell."""
+    nb = json.loads(nb_path.read_text())
+    out = []
+    for i, cell in enumerate(nb["cells"]):
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        m = MARKER.match(src.split("\n", 1)[0])
+        if cell["cell_type"] == "code" and m:
+            out.append((i, m.group(1), src))
+    return out
+
+
+def cell_differences(module: str, cell_source: str, root: Path = ROOT) -> list[str]:
+    """Names defined in the cell that are missing from, or differ from, the package module."""
+    package = _definitions((root / module).read_text())
+    cell = _definitions(cell_source)
+    if not cell:
+        return ["<the marked cell defines nothing>"]
+    return [
+        name
+        for name, node in cell.items()
+        if name not in package or ast.dump(node) != ast.dump(package[name])
+    ]
+
+
+def _package_source(module: str, names: list[str], root: Path) -> str:
+    source = (root / module).read_text()
+    defs = _definitions(source)
+    return "\n\n\n".join(ast.get_source_segment(source, defs[n], padded=False) for n in names)
+
+
+def sync_chapters(write: bool = True, root: Path = ROOT) -> dict[str, int]:
+    """Rewrite (or with write=False only count) marked cells that differ from the package."""
+    report = {}
+    for path in chapter_paths(root):
+        nb = json.loads(path.read_text())
+        changed = 0
+        for i, module, src in marked_cells(path):
+            if not cell_differences(module, src, root):
+                continue
+            changed += 1
+            names = [n for n in _definitions(src) if n in _definitions((root / module).read_text())]
+            new = f"# minisd: {module}\n" + _package_source(module, names, root)
+            nb["cells"][i]["source"] = new.splitlines(keepends=True)
+        if changed:
+            report[str(path.relative_to(root))] = changed
+            if write:
+                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return report
+
+
+def hygiene_problems(nb_path: Path, max_bytes: int = 3_000_000) -> list[str]:
+    """What makes a committed notebook unfit: unrun cells, out-of-order runs, errors, FAST banner."""
+    problems = []
+    size = nb_path.stat().st_size
+    if size > max_bytes:
+        problems.append(f"{size:,} bytes (limit {max_bytes:,}): downscale its images")
+    nb = json.loads(nb_path.read_text())
+    counts = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
+            continue
+        counts.append(cell.get("execution_count"))
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i} has an error output ({out.get('ename')})")
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            if "FAST MODE" in text:
+                problems.append(f"cell {i} shows the FAST banner: commit the outputs of a full run")
+    if None in counts:
+        problems.append("some code cells were never run")
+    elif counts != list(range(1, len(counts) + 1)):
+        problems.append(f"execution counts are not 1..{len(counts)} in order: run it top to bottom")
+    return problems

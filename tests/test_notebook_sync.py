@@ -1,0 +1,38 @@
+"""Marked chapter cells equal the package definitions, and committed notebooks are clean."""
+
+import pytest
+
+from minisd.notebooks import cell_differences, chapter_paths, hygiene_problems, marked_cells
+
+CHAPTERS = chapter_paths()
+MARKED = [(p, i, mod, src) for p in CHAPTERS for i, mod, src in marked_cells(p)]
+
+
+@pytest.mark.parametrize("path,index,module,source", MARKED, ids=[f"{m[0].stem}-cell{m[1]}" for m in MARKED])
+def test_marked_cell_equals_package(path, index, module, source):
+    differing = cell_differences(module, source)
+    assert not differing, (
+        f"{path.name} cell {index} shows {differing} differently from {module}: "
+        "run `python -m minisd sync-chapters`"
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_committed_notebook_is_clean(path):
+    problems = hygiene_problems(path)
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+
+
+def test_sync_checker_catches_a_difference(tmp_path):
+    (tmp_path / "minisd").mkdir()
+    (tmp_path / "minisd" / "m.py").write_text("def f(x):\n    return x + 1\n")
+    assert (
+        cell_differences("minisd/m.py", "# minisd: minisd/m.py\ndef f(x):\n    return x + 1\n", tmp_path)
+        == []
+    )
+    assert cell_differences(
+        "minisd/m.py", "# minisd: minisd/m.py\ndef f(x):\n    return x + 2\n", tmp_path
+    ) == ["f"]
+    assert cell_differences("minisd/m.py", "# minisd: minisd/m.py\ndef g(x):\n    return x\n", tmp_path) == [
+        "g"
+    ]
