@@ -1,0 +1,63 @@
+"""Pictures for the chapters: tensors to images, image grids, heat maps.
+
+Every chapter draws through these helpers so images look alike across the book and stay small
+enough for a committed notebook (images are downscaled to `max_side`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_pil(
+    images: torch.Tensor | np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> list[Image.Image]:
+    """[B, 3, H, W] (or [3, H, W]) tensor in `value_range`, or [B, H, W, 3] array in [0, 1], to PIL images."""
+    if isinstance(images, torch.Tensor):
+        x = images.detach().float().cpu()
+        x = x[None] if x.ndim == 3 else x
+        lo, hi = value_range
+        x = ((x - lo) / (hi - lo)).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # [B, H, W, C]
+    else:
+        x = np.asarray(images, dtype=np.float32)
+        x = x[None] if x.ndim == 3 else x
+    x = (x * 255).round().astype(np.uint8)
+    return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in x]
+
+
+def image_grid(images: list[Image.Image], cols: int | None = None, max_side: int = 1024) -> Image.Image:
+    """Paste equally sized images into one grid image, downscaled so its longer side is <= max_side."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    cols = cols or len(images)
+    rows = -(-len(images) // cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    scale = max_side / max(grid.size)
+    if scale < 1:
+        grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.LANCZOS)
+    return grid
+
+
+def show_images(images, titles: list[str] | None = None, cols: int | None = None, size: float = 2.0):
+    """Draw images (PIL, or tensors for `to_pil`) in a matplotlib row/grid with optional titles."""
+    import matplotlib.pyplot as plt
+
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        images = to_pil(images)
+    cols = cols or len(images)
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, im in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(im, cmap="gray" if getattr(im, "mode", "RGB") == "L" else None, interpolation="nearest")
+        if titles:
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
