@@ -167,3 +167,41 @@ def attention_head(candidate: Callable) -> bool:
         ("large activations (scale matters)", case(12, 32, 16, scale=4.0)),
     ]
     return compare_cases("attention_head", candidate, reference, cases, atol=1e-4)
+# Chapter 05: the KL autoencoder -----------------------------------------------------------------
+
+
+def _gaussian_cases() -> list[tuple[str, tuple]]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 4, 8, 8)
+    mean, logvar, eps = (torch.randn(shape, generator=gen) for _ in range(3))
+    return [
+        ("random mean / logvar", (mean, logvar, eps)),
+        ("standard normal (mean 0, logvar 0)", (torch.zeros(shape), torch.zeros(shape), eps)),
+        ("logvar below -30 is clamped", (mean, torch.full(shape, -50.0), eps)),
+        ("logvar above 20 is clamped", (mean[:1], torch.full((1, 4, 8, 8), 25.0), eps[:1])),
+        ("one example, 4x6 latents", (mean[:1, :, :4, :6], logvar[:1, :, :4, :6], eps[:1, :, :4, :6])),
+    ]
+
+
+def diagonal_gaussian_sample(candidate: Callable) -> bool:
+    """Chapter 05: `candidate(mean, logvar, eps) -> z`, the reparameterised sample mean + std * eps with
+    logvar clamped to [-30, 20], against `minisd.vae.DiagonalGaussianDistribution`."""
+    from minisd.vae import DiagonalGaussianDistribution
+
+    def reference(mean, logvar, eps):
+        post = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+        return post.mean + post.std * eps
+
+    return compare_cases("diagonal_gaussian_sample", candidate, reference, _gaussian_cases())
+
+
+def diagonal_gaussian_kl(candidate: Callable) -> bool:
+    """Chapter 05: `candidate(mean, logvar) -> kl [B]`, KL(N(mean, exp(logvar)) || N(0, I)) summed over
+    channels and positions (logvar clamped to [-30, 20]), against `DiagonalGaussianDistribution.kl`."""
+    from minisd.vae import DiagonalGaussianDistribution
+
+    def reference(mean, logvar):
+        return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()
+
+    cases = [(label, args[:2]) for label, args in _gaussian_cases()]
+    return compare_cases("diagonal_gaussian_kl", candidate, reference, cases, rtol=1e-4, atol=1e-3)
