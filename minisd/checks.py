@@ -167,6 +167,8 @@ def attention_head(candidate: Callable) -> bool:
         ("large activations (scale matters)", case(12, 32, 16, scale=4.0)),
     ]
     return compare_cases("attention_head", candidate, reference, cases, atol=1e-4)
+
+
 # Chapter 05: the KL autoencoder -----------------------------------------------------------------
 
 
@@ -205,6 +207,8 @@ def diagonal_gaussian_kl(candidate: Callable) -> bool:
 
     cases = [(label, args[:2]) for label, args in _gaussian_cases()]
     return compare_cases("diagonal_gaussian_kl", candidate, reference, cases, rtol=1e-4, atol=1e-3)
+
+
 # Chapter 04: the UNet ----------------------------------------------------------------------------
 
 
