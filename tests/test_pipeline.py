@@ -1,0 +1,246 @@
+"""minisd.StableDiffusionPipeline against diffusers' StableDiffusionPipeline on the same random-weight
+model (saved with diffusers' save_pretrained), with injected latents or the same seeded generator."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import StableDiffusionPipeline as RefPipeline
+from PIL import Image
+from tiny_sd import SD15, save_diffusers_pipeline
+
+from minisd import checkpoint as ck
+from minisd.__main__ import main
+from minisd.modeling import CheckpointError
+from minisd.pipeline import StableDiffusionPipeline
+
+PROMPT = "a photograph of an astronaut riding a horse"
+SIZE = 64  # pixels; latents 8x8, the smallest the tiny UNet's three downsamplings allow
+REF_SCHEDULERS = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "dpm++2m": DPMSolverMultistepScheduler}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_diffusers_pipeline(tmp_path_factory.mktemp("tiny") / "sd")
+
+
+@pytest.fixture(scope="module")
+def ref(folder):
+    return RefPipeline.from_pretrained(folder).to("cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return StableDiffusionPipeline.from_pretrained(folder, device="cpu")
+
+
+def run_ref(ref, scheduler="pndm", **kwargs):
+    ref.scheduler = REF_SCHEDULERS[scheduler].from_config(SD15["scheduler"])
+    args = dict(num_inference_steps=3, height=SIZE, width=SIZE, output_type="np")
+    return ref(**{**args, **kwargs}).images
+
+
+def run_ours(pipe, scheduler="pndm", **kwargs):
+    args = dict(num_inference_steps=3, height=SIZE, width=SIZE, output_type="np", progress=False)
+    return pipe(scheduler=scheduler, **{**args, **kwargs})
+
+
+def latents(batch=1, seed=1):
+    return torch.randn(batch, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed))
+
+
+def max_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+
+# ---------------------------------------------------------------------------- parity with diffusers
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim", "dpm++2m"])
+def test_images_equal_diffusers(pipe, ref, scheduler):
+    x = latents()
+    want = run_ref(ref, scheduler, prompt=PROMPT, latents=x)
+    got = run_ours(pipe, scheduler, prompt=PROMPT, latents=x)
+    assert got.shape == want.shape == (1, SIZE, SIZE, 3)
+    assert want.std() > 0.01  # not a flat image: the comparison means something
+    assert max_diff(got, want) < 2e-3
+
+
+def test_seeded_generator_matches_diffusers(pipe, ref):
+    want = run_ref(ref, prompt=PROMPT, generator=torch.Generator().manual_seed(42))
+    got = run_ours(pipe, prompt=PROMPT, generator=torch.Generator().manual_seed(42))
+    assert max_diff(got, want) < 2e-3
+
+
+def test_batch_negative_prompts_and_images_per_prompt(pipe, ref):
+    kwargs = dict(
+        prompt=["a red cube", "a blue sphere"],
+        negative_prompt=["blurry", "dark"],
+        num_images_per_prompt=2,
+        guidance_scale=5.0,
+        latents=latents(4),
+    )
+    want = run_ref(ref, **kwargs)
+    got = run_ours(pipe, **kwargs)
+    assert got.shape == (4, SIZE, SIZE, 3) and max_diff(got, want) < 2e-3
+
+
+@pytest.mark.parametrize("kwargs", [{"guidance_scale": 1.0}, {"clip_skip": 1}])
+def test_no_guidance_and_clip_skip(pipe, ref, kwargs):
+    x = latents()
+    assert (
+        max_diff(
+            run_ours(pipe, prompt=PROMPT, latents=x, **kwargs),
+            run_ref(ref, prompt=PROMPT, latents=x, **kwargs),
+        )
+        < 2e-3
+    )
+
+
+def test_prompt_embeds_and_output_types(pipe, ref):
+    x = latents()
+    embeds = pipe.text_encoder(pipe.tokenizer(PROMPT))
+    negative = pipe.text_encoder(pipe.tokenizer("ugly"))
+    want = run_ref(ref, prompt_embeds=embeds, negative_prompt_embeds=negative, latents=x)
+    got = run_ours(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative, latents=x)
+    assert max_diff(got, want) < 2e-3
+    pt = run_ours(pipe, prompt=PROMPT, negative_prompt="ugly", latents=x, output_type="pt")
+    assert pt.shape == (1, 3, SIZE, SIZE) and max_diff(pt.permute(0, 2, 3, 1), got) < 1e-6
+    lat = run_ours(pipe, prompt=PROMPT, negative_prompt="ugly", latents=x, output_type="latent")
+    assert lat.shape == (1, 4, SIZE // 8, SIZE // 8)
+    (image,) = run_ours(pipe, prompt=PROMPT, negative_prompt="ugly", latents=x, output_type="pil")
+    assert isinstance(image, Image.Image) and image.size == (SIZE, SIZE)
+    assert np.array_equal(np.asarray(image), (got[0] * 255).round().astype(np.uint8))
+
+
+def test_swapping_the_scheduler_object(pipe, ref):
+    from minisd.schedulers import get_scheduler
+
+    x = latents()
+    original = pipe.scheduler
+    pipe.scheduler = get_scheduler("ddim", pipe.scheduler_config)
+    try:
+        got = run_ours(pipe, scheduler=None, prompt=PROMPT, latents=x)
+    finally:
+        pipe.scheduler = original
+    assert max_diff(got, run_ref(ref, "ddim", prompt=PROMPT, latents=x)) < 2e-3
+
+
+# ---------------------------------------------------------------------------- single files
+
+
+def test_single_file_and_round_trip(folder, pipe, tmp_path):
+    x = latents()
+    want = run_ours(pipe, prompt=PROMPT, latents=x)
+    ck.folder_to_single_file(folder, tmp_path / "sd.safetensors")
+    single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd.safetensors", config=folder, device="cpu")
+    assert max_diff(run_ours(single, prompt=PROMPT, latents=x), want) == 0
+    ck.single_file_to_folder(tmp_path / "sd.safetensors", tmp_path / "back", config=folder)
+    back = StableDiffusionPipeline.from_pretrained(tmp_path / "back", device="cpu")
+    assert max_diff(run_ours(back, prompt=PROMPT, latents=x), want) == 0
+
+
+def test_dtype_bf16(folder, pipe):
+    half = StableDiffusionPipeline.from_pretrained(folder, device="cpu", dtype=torch.bfloat16)
+    assert half.unet.dtype == half.vae.dtype == torch.bfloat16
+    x = latents()
+    got = run_ours(half, prompt=PROMPT, latents=x, num_inference_steps=2)
+    assert (
+        got.dtype == np.float32
+        and max_diff(got, run_ours(pipe, prompt=PROMPT, latents=x, num_inference_steps=2)) < 0.1
+    )
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_wrong_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        StableDiffusionPipeline.from_pretrained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        StableDiffusionPipeline.from_pretrained(tmp_path)
+
+
+def test_truncated_single_file(folder, tmp_path):
+    path = tmp_path / "sd.safetensors"
+    ck.folder_to_single_file(folder, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="sd.safetensors.*truncated"):
+        StableDiffusionPipeline.from_pretrained(path, config=folder)
+
+
+def test_sdxl_file(tmp_path):
+    ck.save_checkpoint(
+        {"conditioner.embedders.1.model.positional_embedding": torch.zeros(2)}, tmp_path / "xl.ckpt"
+    )
+    with pytest.raises(CheckpointError, match="xl.ckpt is an SDXL checkpoint"):
+        StableDiffusionPipeline.from_pretrained(tmp_path / "xl.ckpt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"height": 60}, "divisible by 8"),
+        ({"scheduler": "heun"}, "unknown scheduler 'heun'"),
+        ({"output_type": "jpg"}, "unknown output_type"),
+        ({"prompt": None}, "either prompt"),
+        ({"negative_prompt": ["a", "b"]}, "2 negative prompts for 1 prompts"),
+        ({"latents": torch.zeros(1, 4, 4, 4)}, "latents have shape"),
+    ],
+)
+def test_bad_call_arguments(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_ours(pipe, **{"prompt": PROMPT, **kwargs})
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_generate(folder, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    main(["generate", PROMPT, "--weights", str(folder), "-o", str(out), "--steps", "2", "--height", "64",
+          "--width", "64", "--scheduler", "ddim", "--negative-prompt", "blurry", "--seed", "3"])  # fmt: skip
+    assert Image.open(out).size == (64, 64) and "wrote" in capsys.readouterr().out
+
+
+def test_cli_generate_needs_weights():
+    with pytest.raises(SystemExit, match="--weights"):
+        main(["generate", PROMPT])
+
+
+# ---------------------------------------------------------------------------- full size and real weights
+
+
+@pytest.mark.slow
+def test_full_size_v15_random_weights(tmp_path):
+    """The v1.5 configuration (860M-parameter UNet) with random weights, 64x64 pixels, 2 steps."""
+    folder = save_diffusers_pipeline(
+        tmp_path / "sd15", scale=0.02, unet=SD15["unet"], vae=SD15["vae"], text=SD15["text_encoder"]
+    )
+    ours = StableDiffusionPipeline.from_pretrained(folder, device="cpu")
+    assert ours.unet.num_parameters() == 859_520_964 and ours.vae.num_parameters() == 83_653_863
+    x = latents()
+    kwargs = dict(prompt=PROMPT, latents=x, num_inference_steps=2)
+    got = run_ours(ours, **kwargs)
+    del ours
+    ref = RefPipeline.from_pretrained(folder)
+    assert max_diff(got, run_ref(ref, **kwargs)) < 2e-3
+
+
+@pytest.mark.sd15
+@pytest.mark.skipif(
+    not os.environ.get("MINISD_SD15"), reason="set MINISD_SD15 to an SD v1.5 diffusers folder"
+)
+def test_real_weights_match_diffusers():
+    folder = Path(os.environ["MINISD_SD15"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = dict(prompt=PROMPT, num_inference_steps=10, height=256, width=256, output_type="np")
+    ours = StableDiffusionPipeline.from_pretrained(folder, device=device)
+    got = ours(generator=torch.Generator().manual_seed(0), progress=False, **kwargs)
+    del ours
+    ref = RefPipeline.from_pretrained(folder, safety_checker=None).to(device)
+    want = ref(generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert max_diff(got, want) < 2e-3
