@@ -34,6 +34,12 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODELS = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}
 
 
+def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """CFG (Ho & Salimans 2022): start from the unconditional prediction and move `scale` times
+    the step towards the text-conditioned one; scale 1 is the conditional prediction alone."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
 def _tokenizer(tokenizer: CLIPTokenizer | str | os.PathLike | None, folder: Path) -> CLIPTokenizer:
     """The given tokenizer, else the folder's tokenizer/ when it has a vocabulary, else OpenAI's BPE."""
     if isinstance(tokenizer, CLIPTokenizer):
@@ -236,8 +242,7 @@ class StableDiffusionPipeline:
             x = scheduler.scale_model_input(x, t)
             eps = self.unet(x, t, encoder_hidden_states=context)  # [2B, 4, h, w]
             if do_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
             latents = scheduler.step(eps, t, latents, generator=generator)
             if callback is not None:
                 callback(i, t, latents)
