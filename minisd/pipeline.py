@@ -63,10 +63,13 @@ class StableDiffusionPipeline:
         unet: UNet2DConditionModel,
         vae: AutoencoderKL,
         scheduler: SchedulerMixin,
+        scheduler_config: dict | None = None,
     ):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         self.scheduler = scheduler
-        self.scheduler_config = dict(scheduler.config)  # the model's own config, for scheduler=<name>
+        # the model's scheduler_config.json, to build scheduler=<name> from: it holds keys the default
+        # scheduler does not use (v1.5's clip_sample=False matters to DDIM)
+        self.scheduler_config = dict(scheduler_config or scheduler.config)
 
     @classmethod
     def from_pretrained(
@@ -113,7 +116,10 @@ class StableDiffusionPipeline:
                 f"no model at {path}: expected a diffusers folder or a .safetensors/.ckpt file "
                 "(SD v1.5: huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)"
             )
-        return cls(_tokenizer(tokenizer, folder), scheduler=_scheduler(scheduler_config), **models)
+        scheduler = _scheduler(scheduler_config)
+        return cls(
+            _tokenizer(tokenizer, folder), scheduler=scheduler, scheduler_config=scheduler_config, **models
+        )
 
     @property
     def device(self) -> torch.device:
@@ -224,9 +230,10 @@ class StableDiffusionPipeline:
         each step (e.g. to keep intermediate latents).
         """
         self._check_inputs(prompt, prompt_embeds, height, width, output_type, num_inference_steps)
-        if isinstance(scheduler, str):
+        if scheduler is None:
+            scheduler = self.scheduler
+        elif isinstance(scheduler, str):
             scheduler = get_scheduler(scheduler, self.scheduler_config)
-        scheduler = scheduler or self.scheduler
         do_cfg = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(
             prompt, negative_prompt, do_cfg, clip_skip, prompt_embeds, negative_prompt_embeds
@@ -235,8 +242,10 @@ class StableDiffusionPipeline:
         context = context.repeat_interleave(num_images_per_prompt, dim=0)  # [u0, u0, u1, u1, c0, c0, ...]
         batch = cond.shape[0] * num_images_per_prompt
 
+        scheduler.set_timesteps(
+            num_inference_steps, device=self.device
+        )  # before init_noise_sigma (sigma samplers)
         latents = self.prepare_latents(batch, height, width, generator, latents) * scheduler.init_noise_sigma
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = scheduler.scale_model_input(x, t)
@@ -255,6 +264,7 @@ class StableDiffusionPipeline:
         images = images.permute(0, 2, 3, 1).float().cpu().numpy()  # [B, H, W, 3]
         return images if output_type == "np" else to_pil(images)
 
+    @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1]."""
         images = self.vae.decode(latents / self.vae.scaling_factor)  # [-1, 1]
