@@ -12,6 +12,15 @@ def cmd_setup(args: argparse.Namespace) -> None:
     print_environment()
     path = fetch_clip_bpe(force=args.force)
     print(f"CLIP BPE vocabulary: {path}")
+    from minisd.tokenizer import CLIPTokenizer
+
+    prompt = "a photograph of an astronaut riding a horse"
+    ids = CLIPTokenizer.from_pretrained(path).encode(prompt)
+    expected = [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]  # the ids OpenAI's CLIP gives
+    print(f"{prompt!r} -> {ids}")
+    if ids != expected:
+        raise SystemExit(f"tokenizer check failed: expected {expected}; the vocabulary file may be damaged")
+    print("tokenizer check: ok")
 
 
 def cmd_sync_chapters(args: argparse.Namespace) -> None:
