@@ -174,6 +174,8 @@ def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
         for j in range(per)
     ]
     return compare_cases("input_block_index", candidate, reference, cases)
+
+
 # Chapter 02: the CLIP text encoder ----------------------------------------------------------------
 
 
@@ -204,6 +206,8 @@ def attention_head(candidate: Callable) -> bool:
         ("large activations (scale matters)", case(12, 32, 16, scale=4.0)),
     ]
     return compare_cases("attention_head", candidate, reference, cases, atol=1e-4)
+
+
 # Chapter 05: the KL autoencoder -----------------------------------------------------------------
 
 
@@ -242,6 +246,8 @@ def diagonal_gaussian_kl(candidate: Callable) -> bool:
 
     cases = [(label, args[:2]) for label, args in _gaussian_cases()]
     return compare_cases("diagonal_gaussian_kl", candidate, reference, cases, rtol=1e-4, atol=1e-3)
+
+
 # Chapter 04: the UNet ----------------------------------------------------------------------------
 
 
