@@ -96,11 +96,21 @@ class StableDiffusionPipeline:
                     f"{path} has no model_index.json: pass a diffusers pipeline folder (unet/, vae/, "
                     "text_encoder/, tokenizer/, scheduler/) or a .safetensors/.ckpt single file"
                 )
-            models = {n: c.from_pretrained(path / n, dtype, device, variant) for n, c in MODELS.items()}
-            scheduler_config, folder = read_config(path / "scheduler"), path
+            folder, scheduler_config = path, read_config(path / "scheduler")
         elif path.is_file():
             folder = Path(config) if config is not None else CONFIG_DIR
             configs = read_configs(folder)
+            scheduler_config = configs["scheduler"]
+        else:
+            raise FileNotFoundError(
+                f"no model at {path}: expected a diffusers folder or a .safetensors/.ckpt file "
+                "(SD v1.5: huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)"
+            )
+        # the cheap parts first, so that a bad scheduler or tokenizer fails before gigabytes are read
+        scheduler, tokenizer = _scheduler(scheduler_config), _tokenizer(tokenizer, folder)
+        if path.is_dir():
+            models = {n: c.from_pretrained(path / n, dtype, device, variant) for n, c in MODELS.items()}
+        else:
             parts = original_to_diffusers(
                 load_checkpoint(path), configs["unet"], configs["vae"], use_ema, name=str(path)
             )
@@ -110,16 +120,7 @@ class StableDiffusionPipeline:
                     model = model_cls.from_config(configs[name])
                 state = model_cls.convert_state_dict(parts.pop(name))
                 models[name] = load_into(model, state, dtype=dtype, device=device)
-            scheduler_config = configs["scheduler"]
-        else:
-            raise FileNotFoundError(
-                f"no model at {path}: expected a diffusers folder or a .safetensors/.ckpt file "
-                "(SD v1.5: huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)"
-            )
-        scheduler = _scheduler(scheduler_config)
-        return cls(
-            _tokenizer(tokenizer, folder), scheduler=scheduler, scheduler_config=scheduler_config, **models
-        )
+        return cls(tokenizer, scheduler=scheduler, scheduler_config=scheduler_config, **models)
 
     @property
     def device(self) -> torch.device:

@@ -196,6 +196,18 @@ def test_truncated_single_file(folder, tmp_path):
         StableDiffusionPipeline.from_pretrained(path, config=folder)
 
 
+def test_unknown_scheduler_in_folder_fails_before_loading(folder, tmp_path):
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(folder, tmp_path / "sd", ignore=shutil.ignore_patterns("*.safetensors")))
+    config = json.loads((copy / "scheduler" / "scheduler_config.json").read_text())
+    config["_class_name"] = "HeunDiscreteScheduler"
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown scheduler 'HeunDiscreteScheduler'"):
+        StableDiffusionPipeline.from_pretrained(copy)  # no weights copied: it must fail before reading them
+
+
 def test_sdxl_file(tmp_path):
     ck.save_checkpoint(
         {"conditioner.embedders.1.model.positional_embedding": torch.zeros(2)}, tmp_path / "xl.ckpt"
