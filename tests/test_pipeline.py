@@ -37,11 +37,15 @@ def folder(tmp_path_factory):
     return save_diffusers_pipeline(tmp_path_factory.mktemp("tiny") / "sd")
 
 
-@pytest.fixture(scope="module")
-def ref(folder):
+def load_ref(folder):
     ref = RefPipeline.from_pretrained(folder).to("cpu")
     ref.saved_scheduler_config = ref.scheduler.config  # the folder's scheduler_config.json
     return ref
+
+
+@pytest.fixture(scope="module")
+def ref(folder):
+    return load_ref(folder)
 
 
 @pytest.fixture(scope="module")
@@ -258,12 +262,16 @@ def test_full_size_v15_random_weights(tmp_path):
     )
     ours = StableDiffusionPipeline.from_pretrained(folder, device="cpu")
     assert ours.unet.num_parameters() == 859_520_964 and ours.vae.num_parameters() == 83_653_863
+    assert ours.text_encoder.num_parameters() == 123_060_480
     x = latents()
     kwargs = dict(prompt=PROMPT, latents=x, num_inference_steps=2)
     got = run_ours(ours, **kwargs)
     del ours
-    ref = RefPipeline.from_pretrained(folder)
-    assert max_diff(got, run_ref(ref, **kwargs)) < 2e-3
+    assert max_diff(got, run_ref(load_ref(folder), **kwargs)) < 2e-3
+    # the original single file with the packaged v1.5 configs (config=None), like v1-5-pruned-emaonly
+    ck.folder_to_single_file(folder, tmp_path / "sd15.safetensors")
+    single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd15.safetensors", device="cpu")
+    assert max_diff(run_ours(single, **kwargs), got) == 0
 
 
 @pytest.mark.sd15
