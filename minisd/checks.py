@@ -167,12 +167,8 @@ def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
         original = dict((d, o) for d, o, _ in unet_blocks(config))[f"down_blocks.{i}.resnets.{j}"]
         return int(original.split(".")[1])
 
-    cases = [
-        (f"down_blocks.{i}.resnets.{j}, {per} per block", (i, j, per))
-        for per in (2, 1, 3)
-        for i in range(4)
-        for j in range(per)
-    ]
+    picks = [(i, j, 2) for i in range(4) for j in range(2)] + [(1, 0, 1), (3, 0, 1), (1, 2, 3), (3, 1, 3)]
+    cases = [(f"down_blocks.{i}.resnets.{j}, {per} per block", (i, j, per)) for i, j, per in picks]
     return compare_cases("input_block_index", candidate, reference, cases)
 
 

@@ -90,6 +90,7 @@ class StableDiffusionPipeline:
         """
         path = Path(path)
         device = torch.device(device) if device is not None else get_device()
+        dtype = dtype or torch.float32  # also for fp16 files: CPUs compute in fp32
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise FileNotFoundError(

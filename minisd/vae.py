@@ -9,6 +9,8 @@ at a time (`enable_slicing`), and an fp16 decode that overflows is redone in fp3
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -176,7 +178,9 @@ def blend_seam(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch
     return b
 
 
-def tiled_apply(fn, x: torch.Tensor, tile: int, out_tile: int, overlap: float) -> torch.Tensor:
+def tiled_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, out_tile: int, overlap: float
+) -> torch.Tensor:
     """Run `fn` on overlapping `tile`-sized crops of x and stitch the outputs with blended seams.
 
     Tiles start every tile*(1-overlap) input pixels; each output tile (side `out_tile` when whole)
@@ -215,9 +219,9 @@ class AutoencoderKL(ModelMixin):
         self,
         in_channels: int = 3,
         out_channels: int = 3,
-        down_block_types: list[str] = ("DownEncoderBlock2D",),
-        up_block_types: list[str] = ("UpDecoderBlock2D",),
-        block_out_channels: list[int] = (64,),
+        down_block_types: Sequence[str] = ("DownEncoderBlock2D",),
+        up_block_types: Sequence[str] = ("UpDecoderBlock2D",),
+        block_out_channels: Sequence[int] = (64,),
         layers_per_block: int = 1,
         act_fn: str = "silu",
         latent_channels: int = 4,
