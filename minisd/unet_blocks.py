@@ -1,0 +1,236 @@
+"""The UNet's down, mid and up blocks (chapter 04).
+
+A down block runs `layers_per_block` ResnetBlock2D (each followed by a Transformer2DModel in the
+cross-attention variant) and then halves the resolution; every intermediate output is kept as a
+skip connection. An up block runs `layers_per_block + 1` resnets, each first concatenating one
+skip (last in, first out) along the channels, and then doubles the resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minisd.attention import Transformer2DModel
+from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+
+class DownBlock2D(nn.Module):
+    """Resnets, then an optional stride-2 downsampler. Returns the output and the skips it produced."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int = 2,
+        resnet_eps: float = 1e-5,
+        resnet_groups: int = 32,
+        add_downsample: bool = True,
+        downsample_padding: int = 1,
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                temb_channels,
+                resnet_groups,
+                resnet_eps,
+            )
+            for i in range(num_layers)
+        )
+        self.downsamplers = (
+            nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)])
+            if add_downsample
+            else None
+        )
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = ()
+        for resnet in self.resnets:
+            x = resnet(x, temb)
+            skips += (x,)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips += (x,)
+        return x, skips
+
+
+class CrossAttnDownBlock2D(DownBlock2D):
+    """DownBlock2D with a Transformer2DModel (self- and cross-attention) after every resnet."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int = 2,
+        resnet_eps: float = 1e-5,
+        resnet_groups: int = 32,
+        add_downsample: bool = True,
+        downsample_padding: int = 1,
+        num_attention_heads: int = 8,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
+    ):
+        super().__init__(
+            in_channels, out_channels, temb_channels, num_layers, resnet_eps, resnet_groups, add_downsample,
+            downsample_padding,
+        )  # fmt: skip
+        self.attentions = nn.ModuleList(
+            Transformer2DModel(
+                num_attention_heads,
+                out_channels // num_attention_heads,
+                out_channels,
+                cross_attention_dim,
+                norm_num_groups=resnet_groups,
+                use_linear_projection=use_linear_projection,
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        skips = ()
+        for resnet, attention in zip(self.resnets, self.attentions, strict=True):
+            x = attention(resnet(x, temb), encoder_hidden_states)
+            skips += (x,)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips += (x,)
+        return x, skips
+
+
+class UNetMidBlock2DCrossAttn(nn.Module):
+    """The bottleneck: resnet -> transformer -> resnet at the lowest resolution (8x8 for a 64x64 latent)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        temb_channels: int,
+        resnet_eps: float = 1e-5,
+        resnet_groups: int = 32,
+        output_scale_factor: float = 1.0,
+        num_attention_heads: int = 8,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(
+                in_channels, in_channels, temb_channels, resnet_groups, resnet_eps, 0.0, output_scale_factor
+            )
+            for _ in range(2)
+        )
+        self.attentions = nn.ModuleList(
+            [
+                Transformer2DModel(
+                    num_attention_heads,
+                    in_channels // num_attention_heads,
+                    in_channels,
+                    cross_attention_dim,
+                    norm_num_groups=resnet_groups,
+                    use_linear_projection=use_linear_projection,
+                )
+            ]
+        )
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.resnets[0](x, temb)
+        return self.resnets[1](self.attentions[0](x, encoder_hidden_states), temb)
+
+
+class UpBlock2D(nn.Module):
+    """Resnets on [x, skip] concatenated along channels, then an optional nearest-neighbour upsampler.
+
+    The i-th resnet takes `prev_output_channel` (i = 0) or `out_channels` channels from below plus
+    the skip's channels: `in_channels` (the last resnet, whose skip comes from the previous level)
+    or `out_channels`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int = 3,
+        resnet_eps: float = 1e-5,
+        resnet_groups: int = 32,
+        add_upsample: bool = True,
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(
+                (prev_output_channel if i == 0 else out_channels)
+                + (in_channels if i == num_layers - 1 else out_channels),
+                out_channels,
+                temb_channels,
+                resnet_groups,
+                resnet_eps,
+            )
+            for i in range(num_layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        skips: tuple[torch.Tensor, ...],
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
+            x = resnet(torch.cat([x, skip], dim=1), temb)  # [B, C_x + C_skip, H, W] -> [B, C_out, H, W]
+        return x if self.upsamplers is None else self.upsamplers[0](x)
+
+
+class CrossAttnUpBlock2D(UpBlock2D):
+    """UpBlock2D with a Transformer2DModel after every resnet."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        temb_channels: int,
+        num_layers: int = 3,
+        resnet_eps: float = 1e-5,
+        resnet_groups: int = 32,
+        add_upsample: bool = True,
+        num_attention_heads: int = 8,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
+    ):
+        super().__init__(
+            in_channels, prev_output_channel, out_channels, temb_channels, num_layers, resnet_eps,
+            resnet_groups, add_upsample,
+        )  # fmt: skip
+        self.attentions = nn.ModuleList(
+            Transformer2DModel(
+                num_attention_heads,
+                out_channels // num_attention_heads,
+                out_channels,
+                cross_attention_dim,
+                norm_num_groups=resnet_groups,
+                use_linear_projection=use_linear_projection,
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        skips: tuple[torch.Tensor, ...],
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
+            x = attention(resnet(torch.cat([x, skip], dim=1), temb), encoder_hidden_states)
+        return x if self.upsamplers is None else self.upsamplers[0](x)

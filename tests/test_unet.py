@@ -1,0 +1,117 @@
+"""UNet2DConditionModel against diffusers with random weights: small configs, full v1.5, loading."""
+
+import json
+
+import pytest
+import torch
+from conftest import relative_max_diff
+from diffusers import UNet2DConditionModel as RefUNet
+
+from minisd.unet import SD15_CONFIG as SD15
+from minisd.unet import UNet2DConditionModel
+
+# v1.5's block structure at toy widths: 3 cross-attention down blocks + DownBlock2D, 8 heads
+SMALL = dict(
+    SD15, block_out_channels=[32, 64, 64, 64], norm_num_groups=8, cross_attention_dim=48, sample_size=16
+)
+# SD 2.x style: Linear proj_in/proj_out, a head count per block, 1024-wide text
+SD2_SMALL = dict(SMALL, use_linear_projection=True, attention_head_dim=[2, 4, 4, 8], cross_attention_dim=1024)
+
+
+def build_pair(config: dict) -> tuple[UNet2DConditionModel, RefUNet]:
+    ref = RefUNet.from_config(config).eval()
+    with torch.device("meta"):
+        ours = UNet2DConditionModel.from_config(config)
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)  # shares the tensors
+    return ours.eval(), ref
+
+
+def run_both(ours, ref, sample, timestep, text):
+    with torch.no_grad():
+        return ours(sample, timestep, text), ref(sample, timestep, text).sample
+
+
+@pytest.mark.parametrize("config", [SMALL, SD2_SMALL], ids=["v1.5-structure", "sd2-structure"])
+def test_small_unet_matches_diffusers(config):
+    ours, ref = build_pair(config)
+    assert ours.num_parameters() == sum(p.numel() for p in ref.parameters())
+    sample, text = torch.randn(2, 4, 16, 24), torch.randn(2, 77, config["cross_attention_dim"])
+    for timestep in (torch.tensor([1, 981]), torch.tensor(500), 37):
+        got, want = run_both(ours, ref, sample, timestep, text)
+        assert got.shape == (2, 4, 16, 24)
+        assert relative_max_diff(got, want) < 1e-4
+
+
+def test_timestep_changes_the_output():
+    ours, _ = build_pair(SMALL)
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 48)
+    with torch.no_grad():
+        assert relative_max_diff(ours(sample, 1, text), ours(sample, 900, text)) > 1e-3
+
+
+def test_from_pretrained_loads_a_diffusers_folder(tmp_path):
+    ref = RefUNet.from_config(SMALL).eval()
+    ref.save_pretrained(tmp_path)
+    ours = UNet2DConditionModel.from_pretrained(tmp_path)
+    assert ours.config["block_out_channels"] == [32, 64, 64, 64]
+    got, want = run_both(ours, ref, torch.randn(1, 4, 8, 8), 250, torch.randn(1, 77, 48))
+    assert relative_max_diff(got, want) < 1e-4
+
+
+def test_from_pretrained_rejects_another_architecture(tmp_path):
+    RefUNet.from_config(SMALL).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, use_linear_projection=True)))
+    with pytest.raises(ValueError, match="shape mismatches.*proj_in"):
+        UNet2DConditionModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.03), (torch.float16, 0.02)])
+def test_half_precision_stays_close_to_fp32(dtype, tol):
+    ours, _ = build_pair(SMALL)
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 48)
+    with torch.no_grad():
+        full = ours(sample, 500, text)
+        half = ours.to(dtype)(sample.to(dtype), 500, text.to(dtype))
+    assert half.dtype == dtype
+    assert relative_max_diff(half, full) < tol
+
+
+@pytest.mark.parametrize(
+    "sample_shape,text_shape,timestep,match",
+    [
+        ((1, 4, 12, 16), (1, 77, 48), 1, r"latent size \(12, 16\) is not divisible by 8"),
+        ((1, 3, 16, 16), (1, 77, 48), 1, r"expected latents \[B, 4, H, W\]"),
+        ((4, 16, 16), (1, 77, 48), 1, r"expected latents \[B, 4, H, W\]"),
+        ((1, 4, 16, 16), (1, 77, 768), 1, r"expected \[B, L, cross_attention_dim\] = \[1, L, 48\]"),
+        ((2, 4, 16, 16), (1, 77, 48), 1, r"\[2, L, 48\]"),
+        ((2, 4, 16, 16), (2, 77, 48), torch.tensor([1, 2, 3]), r"timestep has shape \(3,\)"),
+    ],
+)
+def test_bad_inputs_name_the_problem(sample_shape, text_shape, timestep, match):
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(SMALL)
+    with pytest.raises(ValueError, match=match):
+        unet(torch.zeros(sample_shape), timestep, torch.zeros(text_shape))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(down_block_types=["CrossAttnDownBlock2D"] * 3 + ["AttnDownBlock2D"]), "unsupported block type"),
+        (dict(attention_head_dim=[8, 8]), "one entry per block"),
+        (dict(act_fn="gelu"), "'silu' only"),
+        (dict(up_block_types=["UpBlock2D"] * 3), "same length"),
+    ],
+)
+def test_bad_configs_name_the_problem(overrides, match):
+    with pytest.raises(ValueError, match=match), torch.device("meta"):
+        UNet2DConditionModel.from_config(SMALL, **overrides)
+
+
+@pytest.mark.slow
+def test_full_v15_unet_matches_diffusers():
+    ours, ref = build_pair(SD15)
+    assert ours.num_parameters() == 859_520_964
+    got, want = run_both(ours, ref, torch.randn(1, 4, 8, 8), 981, torch.randn(1, 77, 768))
+    assert relative_max_diff(got, want) < 1e-4
