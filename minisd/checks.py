@@ -135,3 +135,138 @@ def ddim_step(candidate: Callable) -> bool:
         return candidate(eps, x, alpha_t, alpha_prev)
 
     return compare_cases("ddim_step", reader, reference, cases)
+
+
+# Chapter 02: the CLIP text encoder ----------------------------------------------------------------
+
+
+def attention_head(candidate: Callable) -> bool:
+    """Check `candidate(x, w_q, w_k, w_v, mask) -> [N, d]`, one causal attention head by hand.
+
+    x: [N, D] token vectors; w_q, w_k, w_v: [D, d] one head's projections; mask: [N, N] bool, True
+    where token i may look at token j (j <= i). Compared with `minisd.attention.multi_head_attention`
+    (one head, causal) on CLIP's sizes and on edge cases.
+    """
+    from minisd.attention import multi_head_attention
+
+    def reference(x, w_q, w_k, w_v, mask):
+        q, k, v = ((x @ w)[None] for w in (w_q, w_k, w_v))  # [1, N, d]
+        return multi_head_attention(q, k, v, heads=1, causal=True)[0]  # [N, d]
+
+    gen = torch.Generator().manual_seed(0)
+
+    def case(n: int, dim: int, d: int, scale: float = 1.0) -> tuple:
+        x = torch.randn(n, dim, generator=gen) * scale
+        w_q, w_k, w_v = (torch.randn(dim, d, generator=gen) / dim**0.5 for _ in range(3))
+        return x, w_q, w_k, w_v, torch.ones(n, n, dtype=torch.bool).tril()
+
+    cases = [
+        ("5 tokens, D=16, d=8", case(5, 16, 8)),
+        ("CLIP sizes: 77 tokens, D=768, d=64", case(77, 768, 64)),
+        ("one token", case(1, 16, 8)),
+        ("large activations (scale matters)", case(12, 32, 16, scale=4.0)),
+    ]
+    return compare_cases("attention_head", candidate, reference, cases, atol=1e-4)
+
+
+# Chapter 05: the KL autoencoder -----------------------------------------------------------------
+
+
+def _gaussian_cases() -> list[tuple[str, tuple]]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 4, 8, 8)
+    mean, logvar, eps = (torch.randn(shape, generator=gen) for _ in range(3))
+    return [
+        ("random mean / logvar", (mean, logvar, eps)),
+        ("standard normal (mean 0, logvar 0)", (torch.zeros(shape), torch.zeros(shape), eps)),
+        ("logvar below -30 is clamped", (mean, torch.full(shape, -50.0), eps)),
+        ("logvar above 20 is clamped", (mean[:1], torch.full((1, 4, 8, 8), 25.0), eps[:1])),
+        ("one example, 4x6 latents", (mean[:1, :, :4, :6], logvar[:1, :, :4, :6], eps[:1, :, :4, :6])),
+    ]
+
+
+def diagonal_gaussian_sample(candidate: Callable) -> bool:
+    """Chapter 05: `candidate(mean, logvar, eps) -> z`, the reparameterised sample mean + std * eps with
+    logvar clamped to [-30, 20], against `minisd.vae.DiagonalGaussianDistribution`."""
+    from minisd.vae import DiagonalGaussianDistribution
+
+    def reference(mean, logvar, eps):
+        post = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+        return post.mean + post.std * eps
+
+    return compare_cases("diagonal_gaussian_sample", candidate, reference, _gaussian_cases())
+
+
+def diagonal_gaussian_kl(candidate: Callable) -> bool:
+    """Chapter 05: `candidate(mean, logvar) -> kl [B]`, KL(N(mean, exp(logvar)) || N(0, I)) summed over
+    channels and positions (logvar clamped to [-30, 20]), against `DiagonalGaussianDistribution.kl`."""
+    from minisd.vae import DiagonalGaussianDistribution
+
+    def reference(mean, logvar):
+        return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()
+
+    cases = [(label, args[:2]) for label, args in _gaussian_cases()]
+    return compare_cases("diagonal_gaussian_kl", candidate, reference, cases, rtol=1e-4, atol=1e-3)
+
+
+# Chapter 04: the UNet ----------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(candidate: Callable) -> bool:
+    """Check `candidate(q, k, v) -> softmax(q k^T / sqrt(d)) v` on [..., N, d] queries, [..., M, d] keys.
+
+    The reference is `torch.nn.functional.scaled_dot_product_attention`; the cases are self- and
+    cross-attention, a single key, and logits large enough to overflow a softmax without its max shift.
+    """
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+
+    def qkv(shape_q: tuple, m: int, scale: float = 1.0) -> tuple:
+        k_shape = (*shape_q[:-2], m, shape_q[-1])
+        q = torch.randn(shape_q, generator=gen) * scale
+        return q, torch.randn(k_shape, generator=gen) * scale, torch.randn(k_shape, generator=gen)
+
+    cases = [
+        ("self-attention [2, 8, 16, 40]", qkv((2, 8, 16, 40), 16)),
+        ("cross-attention: 64 pixels -> 77 tokens", qkv((1, 8, 64, 40), 77)),
+        ("one key", qkv((2, 4, 5, 8), 1)),
+        ("huge logits (softmax must subtract the max)", qkv((1, 2, 6, 16), 6, scale=30.0)),
+        ("3-D [B, N, d]", qkv((3, 10, 32), 7)),
+    ]
+    return compare_cases("scaled_dot_product_attention", candidate, F.scaled_dot_product_attention, cases)
+
+
+def geglu(candidate: Callable) -> bool:
+    """Check `candidate(x, weight, bias) -> hidden * gelu(gate)` against `minisd.attention.GEGLU`.
+
+    `x @ weight.T + bias` splits into (hidden, gate) halves along the last axis; GELU is the exact
+    (erf) one, not the tanh approximation.
+    """
+    from minisd.attention import GEGLU
+
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for label, shape, dim_out in [
+        ("tokens [2, 16, 32] -> 64", (2, 16, 32), 64),
+        ("one vector [8] -> 4", (8,), 4),
+        ("v1.5 width [1, 4, 320] -> 1280", (1, 4, 320), 1280),
+    ]:
+        layer = GEGLU(shape[-1], dim_out)
+        with torch.no_grad():
+            layer.proj.weight.copy_(torch.randn(layer.proj.weight.shape, generator=gen) / shape[-1] ** 0.5)
+            layer.proj.bias.copy_(torch.randn(layer.proj.bias.shape, generator=gen))
+        cases.append((label, (torch.randn(shape, generator=gen) * 3, layer.proj.weight, layer.proj.bias)))
+
+    def reference(x, weight, bias):
+        layer = GEGLU(weight.shape[1], weight.shape[0] // 2)
+        with torch.no_grad():
+            layer.proj.weight.copy_(weight)
+            layer.proj.bias.copy_(bias)
+            return layer(x)
+
+    def reader(x, weight, bias):
+        with torch.no_grad():
+            return candidate(x, weight, bias)
+
+    return compare_cases("geglu", reader, reference, cases)

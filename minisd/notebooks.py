@@ -54,9 +54,15 @@ def cell_differences(module: str, cell_source: str, root: Path = ROOT) -> list[s
 
 
 def _package_source(module: str, names: list[str], root: Path) -> str:
-    source = (root / module).read_text()
-    defs = _definitions(source)
-    return "\n\n\n".join(ast.get_source_segment(source, defs[n], padded=False) for n in names)
+    """Source of the named definitions, decorators included (`ast` segments start after them)."""
+    lines = (root / module).read_text().splitlines()
+    defs = _definitions("\n".join(lines))
+
+    def segment(node: ast.AST) -> str:
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        return "\n".join(lines[start - 1 : node.end_lineno])
+
+    return "\n\n\n".join(segment(defs[n]) for n in names)
 
 
 def sync_chapters(write: bool = True, root: Path = ROOT) -> dict[str, int]:

@@ -36,3 +36,23 @@ def test_sync_checker_catches_a_difference(tmp_path):
     assert cell_differences("minisd/m.py", "# minisd: minisd/m.py\ndef g(x):\n    return x\n", tmp_path) == [
         "g"
     ]
+
+
+def test_sync_keeps_decorators(tmp_path):
+    import json
+
+    from minisd.notebooks import sync_chapters
+
+    (tmp_path / "minisd").mkdir()
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "minisd" / "m.py").write_text(
+        "from functools import cache\n\n\n@cache\ndef table():\n    return {1: 2}\n"
+    )
+    stale = "# minisd: minisd/m.py\ndef table():\n    return {1: 3}\n"
+    cell = {"cell_type": "code", "metadata": {}, "source": stale, "outputs": [], "execution_count": None}
+    nb_path = tmp_path / "chapters" / "01_x.ipynb"
+    nb_path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert sync_chapters(root=tmp_path) == {"chapters/01_x.ipynb": 1}
+    [(_, module, source)] = marked_cells(nb_path)
+    assert source.splitlines()[1] == "@cache"
+    assert cell_differences(module, source, tmp_path) == []

@@ -1,0 +1,355 @@
+"""The KL autoencoder (VAE) of Stable Diffusion, built in chapter 05.
+
+The encoder turns an image [B, 3, H, W] in [-1, 1] into a diagonal Gaussian over latents
+[B, 4, H/8, W/8]; the decoder maps a latent back to an image. Diffusion runs on the latents, scaled
+by `scaling_factor` (0.18215 for v1.x) so that they have roughly unit variance. Large images can be
+encoded / decoded in overlapping tiles whose seams are blended (`enable_tiling`), batches one image
+at a time (`enable_slicing`), and an fp16 decode that overflows is redone in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minisd.attention import Attention
+from minisd.modeling import ModelMixin
+from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+EPS = 1e-6  # the VAE's GroupNorm eps everywhere (1e-5 would be a silent drift)
+
+
+class DiagonalGaussianDistribution:
+    """The encoder's posterior q(z | x): a Gaussian with a diagonal covariance.
+
+    `parameters` [B, 2C, h, w] holds the mean and the log-variance stacked on the channels.
+    """
+
+    def __init__(self, parameters: torch.Tensor):
+        self.parameters = parameters
+        self.mean, logvar = parameters.chunk(2, dim=1)  # [B, C, h, w] each
+        self.logvar = logvar.clamp(-30.0, 20.0)  # keeps exp() finite
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mean + std * eps, eps ~ N(0, I) drawn on the generator's device (diffusers' way)."""
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
+
+    def mode(self) -> torch.Tensor:
+        """The most likely latent: the mean."""
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per example, summed over channels and positions: [B]."""
+        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+
+
+class DownEncoderBlock2D(nn.Module):
+    """`num_layers` ResNet blocks, then (except in the last block) a stride-2 downsample."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_downsample: bool
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups, EPS)
+            for i in range(num_layers)
+        )
+        # padding=0: the VAE pads right/bottom by one pixel before its 3x3 stride-2 conv
+        self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=0)]) if add_downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        return x
+
+
+class UpDecoderBlock2D(nn.Module):
+    """`num_layers` ResNet blocks, then (except in the last block) a nearest-x2 upsample + conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, add_upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups, EPS)
+            for i in range(num_layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+class UNetMidBlock2D(nn.Module):
+    """ResNet -> single-head spatial self-attention over all h*w positions -> ResNet."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.attentions = nn.ModuleList(
+            [Attention(channels, heads=1, dim_head=channels, bias=True, norm_num_groups=groups, eps=EPS)]
+        )
+        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x)
+        x = self.attentions[0](x)  # [B, C, h, w], residual inside
+        return self.resnets[1](x)
+
+
+class Encoder(nn.Module):
+    """Image [B, 3, H, W] -> mean and log-variance [B, 2 * latent_channels, H/f, W/f]."""
+
+    def __init__(
+        self, in_channels: int, latent_channels: int, block_out_channels: list[int], layers: int, groups: int
+    ):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        last = len(block_out_channels) - 1
+        channels_in = [block_out_channels[0], *block_out_channels[:-1]]
+        self.down_blocks = nn.ModuleList(
+            DownEncoderBlock2D(cin, cout, layers, groups, add_downsample=i < last)
+            for i, (cin, cout) in enumerate(zip(channels_in, block_out_channels, strict=True))
+        )
+        self.mid_block = UNetMidBlock2D(block_out_channels[-1], groups)
+        self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[-1], eps=EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)  # [B, 128, H, W]
+        for block in self.down_blocks:
+            x = block(x)  # halves H, W (except the last)
+        x = self.mid_block(x)  # [B, 512, H/8, W/8]
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # [B, 8, H/8, W/8]
+
+
+class Decoder(nn.Module):
+    """Latent [B, latent_channels, h, w] -> image [B, 3, h*f, w*f]; each up block has layers+1 ResNets."""
+
+    def __init__(
+        self, latent_channels: int, out_channels: int, block_out_channels: list[int], layers: int, groups: int
+    ):
+        super().__init__()
+        reversed_channels = list(reversed(block_out_channels))
+        last = len(reversed_channels) - 1
+        self.conv_in = nn.Conv2d(latent_channels, reversed_channels[0], 3, padding=1)
+        channels_in = [reversed_channels[0], *reversed_channels[:-1]]
+        self.up_blocks = nn.ModuleList(
+            UpDecoderBlock2D(cin, cout, layers + 1, groups, add_upsample=i < last)
+            for i, (cin, cout) in enumerate(zip(channels_in, reversed_channels, strict=True))
+        )
+        self.mid_block = UNetMidBlock2D(reversed_channels[0], groups)  # after up_blocks, like diffusers' keys
+        self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[0], eps=EPS)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)  # [B, 512, h, w]
+        x = self.mid_block(x)
+        for block in self.up_blocks:
+            x = block(x)  # doubles H, W (except the last)
+        return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # [B, 3, 8h, 8w]
+
+
+def blend_seam(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """Cross-fade the first `extent` rows (dim=2) or columns (dim=3) of tile `b` with the last of `a`.
+
+    The weight of `b` ramps linearly 0, 1/extent, ..., (extent-1)/extent, as in diffusers.
+    """
+    extent = min(a.shape[dim], b.shape[dim], extent)
+    if extent == 0:
+        return b
+    shape = [1, 1, 1, 1]
+    shape[dim] = extent
+    w = (torch.arange(extent, device=b.device, dtype=torch.float32) / extent).view(shape).to(b.dtype)
+    b = b.clone()
+    head = b.narrow(dim, 0, extent)
+    head.copy_(a.narrow(dim, a.shape[dim] - extent, extent) * (1 - w) + head * w)
+    return b
+
+
+def tiled_apply(fn, x: torch.Tensor, tile: int, out_tile: int, overlap: float) -> torch.Tensor:
+    """Run `fn` on overlapping `tile`-sized crops of x and stitch the outputs with blended seams.
+
+    Tiles start every tile*(1-overlap) input pixels; each output tile (side `out_tile` when whole)
+    is cross-faded over out_tile*overlap pixels with its upper and left neighbours, then cropped
+    to out_tile*(1-overlap) (diffusers' tiled_encode / tiled_decode).
+    """
+    stride = int(tile * (1 - overlap))
+    extent = int(out_tile * overlap)
+    keep = out_tile - extent
+    rows = [
+        [fn(x[:, :, i : i + tile, j : j + tile]) for j in range(0, x.shape[3], stride)]
+        for i in range(0, x.shape[2], stride)
+    ]
+    out_rows = []
+    for i, row in enumerate(rows):
+        out_row = []
+        for j, t in enumerate(row):
+            if i > 0:
+                t = blend_seam(rows[i - 1][j], t, extent, dim=2)
+            if j > 0:
+                t = blend_seam(row[j - 1], t, extent, dim=3)
+            row[j] = t
+            out_row.append(t[:, :, :keep, :keep])
+        out_rows.append(torch.cat(out_row, dim=3))
+    return torch.cat(out_rows, dim=2)
+
+
+class AutoencoderKL(ModelMixin):
+    """Stable Diffusion's VAE with diffusers' config keys and state-dict names.
+
+    `encode(x)` -> DiagonalGaussianDistribution over latents; `decode(z)` -> image in about [-1, 1].
+    Latents for the UNet are `posterior.sample() * vae.scaling_factor`; decode `z / scaling_factor`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        down_block_types: list[str] = ("DownEncoderBlock2D",),
+        up_block_types: list[str] = ("UpDecoderBlock2D",),
+        block_out_channels: list[int] = (64,),
+        layers_per_block: int = 1,
+        act_fn: str = "silu",
+        latent_channels: int = 4,
+        norm_num_groups: int = 32,
+        sample_size: int = 32,
+        scaling_factor: float = 0.18215,
+    ):
+        super().__init__()
+        n = len(block_out_channels)
+        if set(down_block_types) != {"DownEncoderBlock2D"} or set(up_block_types) != {"UpDecoderBlock2D"}:
+            raise ValueError(
+                f"only DownEncoderBlock2D / UpDecoderBlock2D are supported, got {down_block_types}"
+            )
+        if len(down_block_types) != n or len(up_block_types) != n:
+            raise ValueError(
+                "down_block_types, up_block_types and block_out_channels must have the same length"
+            )
+        if act_fn != "silu":
+            raise ValueError(f"act_fn={act_fn!r} is not supported; Stable Diffusion's VAE uses 'silu'")
+        self.in_channels, self.latent_channels = in_channels, latent_channels
+        self._scaling_factor = scaling_factor
+        self.downscale = 2 ** (n - 1)  # f: 8 for v1.5
+        block_out_channels = list(block_out_channels)
+        self.encoder = Encoder(
+            in_channels, latent_channels, block_out_channels, layers_per_block, norm_num_groups
+        )
+        self.decoder = Decoder(
+            latent_channels, out_channels, block_out_channels, layers_per_block, norm_num_groups
+        )
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
+        # tiling and slicing (diffusers' defaults: a tile is one sample_size image, overlap 1/4)
+        self.use_tiling = False
+        self.use_slicing = False
+        self.tile_sample_min_size = sample_size
+        self.tile_latent_min_size = sample_size // self.downscale
+        self.tile_overlap_factor = 0.25
+
+    @property
+    def scaling_factor(self) -> float:
+        """Multiply latents by this before diffusion (1 / std of the training latents; 0.18215 for v1.x)."""
+        return self._scaling_factor
+
+    def enable_tiling(self, enabled: bool = True) -> None:
+        """Encode / decode images larger than `sample_size` in overlapping, blended tiles."""
+        self.use_tiling = enabled
+
+    def enable_slicing(self, enabled: bool = True) -> None:
+        """Encode / decode a batch one image at a time (less peak memory, same result)."""
+        self.use_slicing = enabled
+
+    def _check_input(self, x: torch.Tensor, channels: int, what: str) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"{what} must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ValueError(f"{what} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
+
+    def _encode(self, x: torch.Tensor, tiled: bool) -> torch.Tensor:
+        size = self.tile_sample_min_size
+        if tiled and max(x.shape[-2:]) > size:
+            return tiled_apply(
+                self._encode_tile, x, size, self.tile_latent_min_size, self.tile_overlap_factor
+            )
+        return self._encode_tile(x)
+
+    def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))  # [B, 2C, H/f, W/f]
+
+    def encode(self, x: torch.Tensor, tiled: bool | None = None) -> DiagonalGaussianDistribution:
+        """Image [B, 3, H, W] in [-1, 1] (H, W divisible by f) -> posterior over [B, 4, H/f, W/f].
+
+        `tiled` overrides `enable_tiling()`.
+        """
+        self._check_input(x, self.in_channels, "the image")
+        h, w = x.shape[-2:]
+        if h % self.downscale or w % self.downscale:
+            f = self.downscale
+            raise ValueError(
+                f"image height and width must be divisible by {f}, got {h}x{w}; "
+                f"resize or crop it to {h // f * f}x{w // f * f}"
+            )
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -1.001 or hi > 1.001:
+            raise ValueError(
+                f"image values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]; "
+                "for an image in [0, 1] pass x * 2 - 1 (and divide uint8 pixels by 255 first)"
+            )
+        tiled = self.use_tiling if tiled is None else tiled
+        parts = x.to(self.dtype).split(1) if self.use_slicing and x.shape[0] > 1 else [x.to(self.dtype)]
+        return DiagonalGaussianDistribution(torch.cat([self._encode(p, tiled) for p in parts]))
+
+    def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))  # [B, 3, f*h, f*w]
+
+    def _decode(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
+        size = self.tile_latent_min_size
+        if tiled and max(z.shape[-2:]) > size:
+            return tiled_apply(
+                self._decode_tile, z, size, self.tile_sample_min_size, self.tile_overlap_factor
+            )
+        return self._decode_tile(z)
+
+    def decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+        """Latent [B, 4, h, w] (already divided by scaling_factor) -> image [B, 3, f*h, f*w].
+
+        `tiled` overrides `enable_tiling()`. In fp16, an output with inf/NaN (activations above
+        65504) is decoded again with the decoder in fp32 and returned in fp16.
+        """
+        self._check_input(z, self.latent_channels, "the latent")
+        tiled = self.use_tiling if tiled is None else tiled
+        z = z.to(self.dtype)
+        parts = z.split(1) if self.use_slicing and z.shape[0] > 1 else [z]
+        image = torch.cat([self._decode(p, tiled) for p in parts])
+        if self.dtype == torch.float16 and not torch.isfinite(image).all():
+            image = self._decode_upcast(z, tiled)
+        return image
+
+    def _decode_upcast(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
+        """Decode in fp32 (the decoder moves to fp32 and back; fp16 -> fp32 -> fp16 is exact)."""
+        parts = [self.post_quant_conv, self.decoder]
+        for p in parts:
+            p.float()
+        try:
+            return self._decode(z.float(), tiled).half()
+        finally:
+            for p in parts:
+                p.half()
+
+    def forward(
+        self, x: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
+    ):
+        """Reconstruct x: encode, take the posterior's mode (or a sample), decode -> (image, posterior)."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
