@@ -137,6 +137,45 @@ def ddim_step(candidate: Callable) -> bool:
     return compare_cases("ddim_step", reader, reference, cases)
 
 
+# Chapter 06: the Stable Diffusion pipeline ------------------------------------------------------
+
+
+def classifier_free_guidance(candidate: Callable) -> bool:
+    """Chapter 06: `candidate(eps_uncond, eps_cond, guidance_scale) -> eps` against
+    `minisd.pipeline.classifier_free_guidance` (scales 0, 1, 7.5 and a batch)."""
+    from minisd.pipeline import classifier_free_guidance as reference
+
+    gen = torch.Generator().manual_seed(0)
+    u, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    cases = [
+        ("scale 7.5", (u, c, 7.5)),
+        ("scale 1: conditional only", (u, c, 1.0)),
+        ("scale 0: unconditional only", (u, c, 0.0)),
+        ("equal predictions", (u, u.clone(), 12.0)),
+    ]
+    return compare_cases("classifier_free_guidance", candidate, reference, cases)
+
+
+def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
+    """Chapter 06: `candidate(i, j, layers_per_block) -> k`, the original `input_blocks.k` that holds
+    diffusers' `down_blocks.i.resnets.j`, against minisd.checkpoint's key map (v1.5: 2 layers per block)."""
+    from minisd.checkpoint import unet_blocks
+
+    def reference(i: int, j: int, per: int) -> int:
+        config = {"layers_per_block": per, "block_out_channels": [0] * 4}
+        config |= {"down_block_types": ["CrossAttnDownBlock2D"] * 4, "up_block_types": ["UpBlock2D"] * 4}
+        original = dict((d, o) for d, o, _ in unet_blocks(config))[f"down_blocks.{i}.resnets.{j}"]
+        return int(original.split(".")[1])
+
+    cases = [
+        (f"down_blocks.{i}.resnets.{j}, {per} per block", (i, j, per))
+        for per in (2, 1, 3)
+        for i in range(4)
+        for j in range(per)
+    ]
+    return compare_cases("input_block_index", candidate, reference, cases)
+
+
 # Chapter 02: the CLIP text encoder ----------------------------------------------------------------
 
 

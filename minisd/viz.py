@@ -61,3 +61,19 @@ def show_images(images, titles: list[str] | None = None, cols: int | None = None
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show_jpeg(image: Image.Image, quality: int = 85, max_side: int = 768):
+    """Display a PIL image in a notebook as JPEG (chapter 06): noise-like pictures from random
+    weights stay small in a committed notebook, where PNG would take megabytes."""
+    import io
+
+    from IPython.display import Image as IPythonImage
+    from IPython.display import display
+
+    scale = max_side / max(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    display(IPythonImage(data=buffer.getvalue(), format="jpeg"))

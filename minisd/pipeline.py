@@ -1,0 +1,272 @@
+"""StableDiffusionPipeline: prompt -> image with Stable Diffusion v1.x (chapter 06).
+
+The five parts and what flows between them (SD v1.5, 512x512):
+    tokenizer     "a cat"          -> ids [B, 77]
+    text_encoder  ids              -> text embeddings [B, 77, 768]   (and "" for the unconditional half)
+    noise         CPU generator    -> latents [B, 4, 64, 64] * init_noise_sigma
+    unet x steps  latents, t, text -> eps; CFG: eps_u + g (eps_c - eps_u); scheduler.step -> latents
+    vae.decode    latents / 0.18215 -> image [B, 3, 512, 512] in [-1, 1] -> [0, 1]
+The order of operations (and of the two CFG halves) follows diffusers, so a run with the same
+weights and injected latents reproduces its images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minisd.checkpoint import CONFIG_DIR, load_checkpoint, original_to_diffusers, read_configs
+from minisd.clip import CLIPTextModel
+from minisd.env import get_device
+from minisd.modeling import load_into, read_config
+from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
+from minisd.tokenizer import CLIPTokenizer
+from minisd.unet import UNet2DConditionModel
+from minisd.vae import AutoencoderKL
+from minisd.viz import to_pil
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+MODELS = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}
+
+
+def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """CFG (Ho & Salimans 2022): start from the unconditional prediction and move `scale` times
+    the step towards the text-conditioned one; scale 1 is the conditional prediction alone."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def _tokenizer(tokenizer: CLIPTokenizer | str | os.PathLike | None, folder: Path) -> CLIPTokenizer:
+    """The given tokenizer, else the folder's tokenizer/ when it has a vocabulary, else OpenAI's BPE."""
+    if isinstance(tokenizer, CLIPTokenizer):
+        return tokenizer
+    if tokenizer is None and (folder / "tokenizer" / "vocab.json").is_file():
+        tokenizer = folder / "tokenizer"
+    return CLIPTokenizer.from_pretrained(tokenizer)
+
+
+def _scheduler(config: dict) -> SchedulerMixin:
+    return get_scheduler(config.get("_class_name", "PNDMScheduler"), config)
+
+
+class StableDiffusionPipeline:
+    """Text-to-image with SD v1.x: `pipe(prompt)` -> list of PIL images (see the module docstring)."""
+
+    def __init__(
+        self,
+        tokenizer: CLIPTokenizer,
+        text_encoder: CLIPTextModel,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: SchedulerMixin,
+        scheduler_config: dict | None = None,
+    ):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        # the model's scheduler_config.json, to build scheduler=<name> from: it holds keys the default
+        # scheduler does not use (v1.5's clip_sample=False matters to DDIM)
+        self.scheduler_config = dict(scheduler_config or scheduler.config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        config: str | os.PathLike | None = None,
+        tokenizer: CLIPTokenizer | str | os.PathLike | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        variant: str | None = None,
+        use_ema: bool | None = None,
+    ) -> StableDiffusionPipeline:
+        """Load a diffusers folder (model_index.json, unet/, vae/, ...) or one original checkpoint file.
+
+        For a single file (`.safetensors` or `.ckpt`, never unpickling code), `config` names a
+        diffusers-layout folder holding the configs; None means SD v1.5. `use_ema`: see
+        minisd.checkpoint. `device` defaults to `get_device()`, `dtype` to float32.
+        """
+        path = Path(path)
+        device = torch.device(device) if device is not None else get_device()
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise FileNotFoundError(
+                    f"{path} has no model_index.json: pass a diffusers pipeline folder (unet/, vae/, "
+                    "text_encoder/, tokenizer/, scheduler/) or a .safetensors/.ckpt single file"
+                )
+            folder, scheduler_config = path, read_config(path / "scheduler")
+        elif path.is_file():
+            folder = Path(config) if config is not None else CONFIG_DIR
+            configs = read_configs(folder)
+            scheduler_config = configs["scheduler"]
+        else:
+            raise FileNotFoundError(
+                f"no model at {path}: expected a diffusers folder or a .safetensors/.ckpt file "
+                "(SD v1.5: huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)"
+            )
+        # the cheap parts first, so that a bad scheduler or tokenizer fails before gigabytes are read
+        scheduler, tokenizer = _scheduler(scheduler_config), _tokenizer(tokenizer, folder)
+        if path.is_dir():
+            models = {n: c.from_pretrained(path / n, dtype, device, variant) for n, c in MODELS.items()}
+        else:
+            parts = original_to_diffusers(
+                load_checkpoint(path), configs["unet"], configs["vae"], use_ema, name=str(path)
+            )
+            models = {}
+            for name, model_cls in MODELS.items():
+                with torch.device("meta"):
+                    model = model_cls.from_config(configs[name])
+                state = model_cls.convert_state_dict(parts.pop(name))
+                models[name] = load_into(model, state, dtype=dtype, device=device)
+        return cls(tokenizer, scheduler=scheduler, scheduler_config=scheduler_config, **models)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        """Move (and cast) the three models; returns the pipeline."""
+        for model in (self.text_encoder, self.unet, self.vae):
+            model.to(device=device, dtype=dtype)
+        return self
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        clip_skip: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings [B, 77, 768] of the prompts and (with CFG) of the negative prompts.
+
+        As in diffusers, `clip_skip` applies to the prompt only; negative prompts ("" by default)
+        use the last layer.
+        """
+        if prompt_embeds is None:
+            ids = self.tokenizer(prompt).to(self.device)  # [B, 77]
+            prompt_embeds = self.text_encoder(ids, clip_skip=clip_skip or 0)  # [B, 77, 768]
+        prompt_embeds = prompt_embeds.to(self.device, self.dtype)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, None
+        b = prompt_embeds.shape[0]
+        if negative_prompt_embeds is None:
+            negative = [""] * b if negative_prompt is None else negative_prompt
+            negative = [negative] * b if isinstance(negative, str) else list(negative)
+            if len(negative) != b:
+                raise ValueError(
+                    f"{len(negative)} negative prompts for {b} prompts: give one, or one per prompt"
+                )
+            negative_prompt_embeds = self.text_encoder(self.tokenizer(negative).to(self.device))
+        if negative_prompt_embeds.shape != prompt_embeds.shape:
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} and prompt_embeds "
+                f"{tuple(prompt_embeds.shape)} must have the same shape"
+            )
+        return prompt_embeds, negative_prompt_embeds.to(self.device, self.dtype)
+
+    def _check_inputs(self, prompt, prompt_embeds, height, width, output_type, num_inference_steps) -> None:
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give either prompt (a string or a list of strings) or prompt_embeds, not both")
+        if height % 8 or width % 8:
+            raise ValueError(
+                f"height and width must be divisible by 8 (the VAE downsamples 8x), got {height}x{width}; "
+                f"try {height // 8 * 8}x{width // 8 * 8}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; choose one of {OUTPUT_TYPES}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial latents [B, 4, H/8, W/8]: drawn in fp32 (on the CPU for a CPU generator, so seeds
+        reproduce across devices and dtypes), or the given ones, checked and placed."""
+        shape = (batch_size, self.unet.config.get("in_channels", 4), height // 8, width // 8)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} for this call")
+        return latents.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        scheduler: str | SchedulerMixin | None = None,
+        output_type: str = "pil",
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> list | np.ndarray | torch.Tensor:
+        """Generate images: PIL list ("pil"), float [B, H, W, 3] in [0, 1] ("np"), [B, 3, H, W] in
+        [0, 1] ("pt") or the final latents ("latent").
+
+        guidance_scale <= 1 skips classifier-free guidance (one UNet pass per step). `scheduler`
+        takes a name ("ddim", "euler_a", "dpm++2m_karras", ...) built from the model's scheduler
+        config, or a scheduler object, for this call only. `callback(i, t, latents)` runs after
+        each step (e.g. to keep intermediate latents).
+        """
+        self._check_inputs(prompt, prompt_embeds, height, width, output_type, num_inference_steps)
+        if scheduler is None:
+            scheduler = self.scheduler
+        elif isinstance(scheduler, str):
+            scheduler = get_scheduler(scheduler, self.scheduler_config)
+        do_cfg = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(
+            prompt, negative_prompt, do_cfg, clip_skip, prompt_embeds, negative_prompt_embeds
+        )
+        context = cond if uncond is None else torch.cat([uncond, cond])  # [2B, 77, 768]: [uncond; cond]
+        context = context.repeat_interleave(num_images_per_prompt, dim=0)  # [u0, u0, u1, u1, c0, c0, ...]
+        batch = cond.shape[0] * num_images_per_prompt
+
+        scheduler.set_timesteps(
+            num_inference_steps, device=self.device
+        )  # before init_noise_sigma (sigma samplers)
+        latents = self.prepare_latents(batch, height, width, generator, latents) * scheduler.init_noise_sigma
+        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
+            x = torch.cat([latents] * 2) if do_cfg else latents
+            x = scheduler.scale_model_input(x, t)
+            eps = self.unet(x, t, encoder_hidden_states=context)  # [2B, 4, h, w]
+            if do_cfg:
+                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
+            latents = scheduler.step(eps, t, latents, generator=generator)
+            if callback is not None:
+                callback(i, t, latents)
+
+        if output_type == "latent":
+            return latents
+        images = self.decode_latents(latents)  # [B, 3, H, W] in [0, 1]
+        if output_type == "pt":
+            return images
+        images = images.permute(0, 2, 3, 1).float().cpu().numpy()  # [B, H, W, 3]
+        return images if output_type == "np" else to_pil(images)
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1]."""
+        images = self.vae.decode(latents / self.vae.scaling_factor)  # [-1, 1]
+        return (images / 2 + 0.5).clamp(0, 1)
