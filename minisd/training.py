@@ -14,7 +14,6 @@ import copy
 import json
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -76,18 +75,14 @@ TINY_CONFIGS: dict[str, dict] = {
 }
 
 
-def batches(
-    dataset: ShapesDataset, batch_size: int, seed: int = 0
-) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless shuffled batches: images [B, 3, H, W] in [-1, 1] and their captions."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            order += rng.sample(range(len(dataset)), len(dataset))
-        items = [dataset[i] for i in order[:batch_size]]
-        del order[:batch_size]
-        yield torch.stack([x for x, _ in items]), [c for _, c in items]
+def batch(
+    dataset: ShapesDataset, batch_size: int, step: int, seed: int = 0
+) -> tuple[torch.Tensor, list[str]]:
+    """The batch of a training step: images [B, 3, H, W] in [-1, 1] and captions, a function of (seed, step)
+    alone, so a resumed run sees exactly the batches an uninterrupted one would."""
+    rng = random.Random(seed * 1_000_003 + step)
+    items = [dataset[rng.randrange(len(dataset))] for _ in range(batch_size)]
+    return torch.stack([x for x, _ in items]), [c for _, c in items]
 
 
 def train_autoencoder(
@@ -104,9 +99,8 @@ def train_autoencoder(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     vae.train()
     losses = []
-    data = batches(dataset, batch_size, seed=1)
-    for _ in tqdm(range(steps), desc="autoencoder", disable=not progress):
-        x, _ = next(data)
+    for step in tqdm(range(steps), desc="autoencoder", disable=not progress):
+        x, _ = batch(dataset, batch_size, step, seed=1)
         posterior = vae.encode(x)
         recon = vae.decode(posterior.sample())
         loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
@@ -181,13 +175,12 @@ def train_text_to_image(
     vae.eval().requires_grad_(False)
     unet.train()
     text_encoder.train()
-    gen = torch.Generator().manual_seed(state["step"])
-    data = batches(dataset, batch_size, seed=state["step"])
-    drop = random.Random(state["step"])
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
     for step in bar:
-        x, captions = next(data)
-        captions = ["" if drop.random() < caption_dropout else c for c in captions]
+        x, captions = batch(dataset, batch_size, step)
+        gen = torch.Generator().manual_seed(step)  # this step's noise, timesteps and dropped captions
+        drop = torch.rand(len(captions), generator=gen) < caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         with torch.no_grad():
             latents = vae.encode(x).sample(gen) * vae.scaling_factor  # [B, 4, 8, 8]
         noise = torch.randn(latents.shape, generator=gen)
