@@ -1,0 +1,76 @@
+"""The captioned shapes dataset: deterministic, held-out pairs kept out of training, a faithful reader."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from minisd.data.shapes import (
+    HELD_OUT,
+    Shape,
+    ShapeScene,
+    ShapesDataset,
+    random_scene,
+    render_scene,
+    score_image,
+)
+
+
+def test_deterministic_and_in_range():
+    a, b = ShapesDataset(50, seed=3), ShapesDataset(50, seed=3)
+    for i in range(50):
+        (xa, ca), (xb, cb) = a[i], b[i]
+        assert ca == cb and torch.equal(xa, xb)
+        assert xa.shape == (3, 32, 32) and xa.min() >= -1 and xa.max() <= 1
+    assert [a[i][1] for i in range(10)] != [ShapesDataset(50, seed=4)[i][1] for i in range(10)]
+
+
+def test_held_out_pairs_split_cleanly():
+    train, held = ShapesDataset(3000), ShapesDataset(500, split="heldout")
+    assert not any(train.scene(i).is_held_out() for i in range(3000))
+    assert all(held.scene(i).is_held_out() for i in range(500))
+    seen = {(s.color, s.shape) for i in range(3000) for s in train.scene(i).shapes}
+    assert seen.isdisjoint(HELD_OUT) and len(seen) > 10
+    with pytest.raises(ValueError, match="split"):
+        ShapesDataset(split="test")
+
+
+def test_captions_follow_the_grammar():
+    scene = ShapeScene(
+        "yellow", (Shape("red", "circle", 0.5, 0.25, 0.3), Shape("blue", "square", 0.5, 0.75, 0.3)), "above"
+    )
+    assert scene.caption == "a red circle above a blue square on a yellow background"
+    assert (
+        ShapeScene("black", (Shape("white", "triangle", 0.5, 0.5, 0.5),)).caption
+        == "a white triangle on a black background"
+    )
+    pair = ShapeScene(
+        "green", (Shape("red", "square", 0.25, 0.5, 0.3), Shape("red", "square", 0.75, 0.5, 0.3))
+    )
+    assert pair.caption == "two red squares on a green background"
+
+
+def test_reader_reads_the_drawn_scenes_back():
+    rng = random.Random(0)
+    scenes = [random_scene(rng, held_out=i % 2 == 0) for i in range(600)]
+    results = [score_image(render_scene(s), s) for s in scenes]
+    for key, floor in [("color", 1.0), ("background", 1.0), ("shape", 0.99), ("count", 0.99)]:
+        assert np.mean([r[key] for r in results]) >= floor, key
+
+
+def test_reader_rejects_wrong_pictures():
+    circle = ShapeScene("blue", (Shape("red", "circle", 0.5, 0.5, 0.5),))
+    square = ShapeScene("blue", (Shape("red", "square", 0.5, 0.5, 0.5),))
+    green = ShapeScene("yellow", (Shape("green", "circle", 0.5, 0.5, 0.5),))
+    assert score_image(render_scene(square), circle)["shape"] is False
+    assert score_image(render_scene(green), circle) == {
+        "color": False,
+        "shape": False,
+        "background": False,
+        "count": True,
+    }
+    pair = ShapeScene(
+        "blue", (Shape("red", "circle", 0.25, 0.5, 0.3), Shape("red", "circle", 0.75, 0.5, 0.3))
+    )
+    assert score_image(render_scene(pair), circle)["count"] is False
