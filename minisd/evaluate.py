@@ -35,7 +35,7 @@ def evaluate_adherence(
     """
     scenes = [ShapesDataset(num_prompts, seed=seed, split="heldout").scene(i) for i in range(num_prompts)]
     prompts = [s.caption for s in scenes for _ in range(samples_per_prompt)]
-    size = pipe.unet.config["sample_size"] * 2 ** (len(pipe.vae.config["block_out_channels"]) - 1)
+    size = pipe.unet.config["sample_size"] * pipe.vae_scale_factor
     rows = []
     for scale in tqdm(guidance_scales, desc="guidance scales", disable=not progress):
         images = pipe(

@@ -131,6 +131,11 @@ class StableDiffusionPipeline:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent side: 2 per downsampling VAE block (8 for SD, 4 for chapter 07's tiny model)."""
+        return self.vae.downscale
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         """Move (and cast) the three models; returns the pipeline."""
         for model in (self.text_encoder, self.unet, self.vae):
@@ -176,10 +181,12 @@ class StableDiffusionPipeline:
     def _check_inputs(self, prompt, prompt_embeds, height, width, output_type, num_inference_steps) -> None:
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give either prompt (a string or a list of strings) or prompt_embeds, not both")
-        if height % 8 or width % 8:
+        f = self.vae_scale_factor
+        if height % f or width % f:
             raise ValueError(
-                f"height and width must be divisible by 8 (the VAE downsamples 8x), got {height}x{width}; "
-                f"try {height // 8 * 8}x{width // 8 * 8}"
+                f"height and width must be divisible by {f} (the VAE downsamples {f}x), "
+                f"got {height}x{width}; "
+                f"try {height // f * f}x{width // f * f}"
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {OUTPUT_TYPES}")
@@ -194,9 +201,14 @@ class StableDiffusionPipeline:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Initial latents [B, 4, H/8, W/8]: drawn in fp32 (on the CPU for a CPU generator, so seeds
-        reproduce across devices and dtypes), or the given ones, checked and placed."""
-        shape = (batch_size, self.unet.config.get("in_channels", 4), height // 8, width // 8)
+        """Initial latents [B, 4, H/f, W/f] (f = vae_scale_factor): drawn in fp32 (on the CPU for a
+        CPU generator, so seeds reproduce across devices and dtypes), or the given ones, checked."""
+        shape = (
+            batch_size,
+            self.unet.config.get("in_channels", 4),
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
@@ -268,6 +280,6 @@ class StableDiffusionPipeline:
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1]."""
+        """Latents [B, 4, h, w] -> images [B, 3, fh, fw] in [0, 1]."""
         images = self.vae.decode(latents / self.vae.scaling_factor)  # [-1, 1]
         return (images / 2 + 0.5).clamp(0, 1)
