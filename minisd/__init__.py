@@ -1,1 +1,43 @@
-"""minisd."""
+"""minisd: Stable Diffusion v1.5 built from scratch, one chapter per part.
+
+    import minisd
+    pipe = minisd.StableDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # or a .safetensors
+    image = pipe("a photograph of an astronaut riding a horse")[0]
+
+The parts carry diffusers' and transformers' names, so the official weights load with no renaming.
+"""
+
+from minisd.clip import CLIPTextModel
+from minisd.env import get_device
+from minisd.pipeline import StableDiffusionPipeline
+from minisd.schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    get_scheduler,
+)
+from minisd.tokenizer import CLIPTokenizer
+from minisd.unet import UNet2DConditionModel
+from minisd.vae import AutoencoderKL, DiagonalGaussianDistribution
+
+__all__ = [
+    "AutoencoderKL",
+    "CLIPTextModel",
+    "CLIPTokenizer",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DiagonalGaussianDistribution",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "PNDMScheduler",
+    "StableDiffusionPipeline",
+    "UNet2DConditionModel",
+    "get_device",
+    "get_scheduler",
+]

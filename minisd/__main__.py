@@ -1,8 +1,10 @@
-"""Command line: `python -m minisd setup | sync-chapters | convert | generate`."""
+"""Command line: `python -m minisd setup | sync-chapters | convert | generate | evaluate | train-tiny`."""
 
 from __future__ import annotations
 
 import argparse
+
+SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512, "width": 512, "upscale": 1}
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
@@ -49,30 +51,78 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {dst}")
 
 
+def _load_pipeline(args: argparse.Namespace):
+    """The pipeline of --weights, or the packaged tiny shapes model when none is given."""
+    import torch
+
+    from minisd.assets import tiny_model_path
+    from minisd.pipeline import StableDiffusionPipeline
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    weights = args.weights or tiny_model_path()
+    if args.weights is None:
+        print(f"no --weights: using the tiny shapes model trained in chapter 07 ({weights})")
+    return StableDiffusionPipeline.from_pretrained(weights, config=args.config, dtype=dtype)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from minisd.pipeline import StableDiffusionPipeline
+    from minisd.training import TINY_SAMPLING
 
-    if args.weights is None:
-        raise SystemExit(
-            "no model given: pass --weights PATH, a diffusers folder or a .safetensors/.ckpt file of "
-            "SD v1.5 (e.g. from huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5)"
-        )
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    pipe = StableDiffusionPipeline.from_pretrained(args.weights, config=args.config, dtype=dtype)
+    pipe = _load_pipeline(args)
+    # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
+    defaults = TINY_SAMPLING if args.weights is None else SD_SAMPLING
+    opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in defaults}
     images = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        height=args.height,
-        width=args.width,
+        num_inference_steps=opts["steps"],
+        guidance_scale=opts["guidance"],
+        height=opts["height"],
+        width=opts["width"],
         generator=torch.Generator().manual_seed(args.seed),
-        scheduler=args.scheduler,
+        scheduler=opts["scheduler"],
     )
-    images[0].save(args.output)
-    print(f"wrote {args.output}")
+    image = images[0]
+    if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
+        image = image.resize((image.width * opts["upscale"], image.height * opts["upscale"]), 0)
+    image.save(args.output)
+    print(f"wrote {args.output} ({image.width}x{image.height})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from minisd.evaluate import evaluate_adherence, format_rows, plot_rows
+
+    pipe = _load_pipeline(args)
+    rows = evaluate_adherence(
+        pipe, args.guidance, num_prompts=args.prompts, samples_per_prompt=args.samples,
+        num_inference_steps=args.steps, seed=args.seed,
+    )  # fmt: skip
+    print(format_rows(rows))
+    if args.plot:
+        plot_rows(rows).savefig(args.plot, dpi=100, bbox_inches="tight")
+        print(f"wrote {args.plot}")
+
+
+def cmd_train_tiny(args: argparse.Namespace) -> None:
+    from minisd.assets import TINY_MODEL
+    from minisd.training import train_tiny_model
+
+    folder = args.output or TINY_MODEL
+    kwargs = {"vae_steps": 40, "steps": 200} if args.fast else {}
+    result = train_tiny_model(folder, **kwargs)
+    print(f"wrote {folder}: final loss {sum(result['losses'][-100:]) / len(result['losses'][-100:]):.4f}")
+
+
+def weights_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
+    )
+    p.add_argument(
+        "--config", help="for a single file: a diffusers folder with its configs (default SD v1.5)"
+    )
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,24 +145,32 @@ def main(argv: list[str] | None = None) -> None:
         "--ema", action=argparse.BooleanOptionalAction, default=None, help="use the EMA UNet weights"
     )
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("generate", help="text to image with Stable Diffusion v1.x")
+    p = sub.add_parser("generate", help="text to image with SD v1.x (or, without --weights, the tiny model)")
     p.add_argument("prompt")
-    p.add_argument("--weights", help="a diffusers folder or a .safetensors/.ckpt single file (required)")
-    p.add_argument(
-        "--config", help="for a single file: a diffusers folder with its configs (default SD v1.5)"
-    )
     p.add_argument("-o", "--output", default="out.png")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, help="denoising steps (SD: 50, tiny model: 25)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (SD: 7.5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--scheduler", default="pndm", help="pndm, ddim, euler, euler_a, dpm++2m, dpm++2m_karras, ..."
-    )
+    p.add_argument("--scheduler", help="pndm (SD), ddim (tiny), euler, euler_a, dpm++2m, dpm++2m_karras, ...")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--height", type=int, help="pixels (SD: 512, tiny model: 32)")
+    p.add_argument("--width", type=int, help="pixels (SD: 512, tiny model: 32)")
+    p.add_argument("--upscale", type=int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)")
+    weights_options(p)
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5])
+    p.add_argument("--prompts", type=int, default=48, help="held-out captions")
+    p.add_argument("--samples", type=int, default=4, help="images per caption (diversity needs 2+)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="also save adherence and diversity against guidance as a PNG")
+    weights_options(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("train-tiny", help="train the tiny shapes model on the CPU (chapter 07)")
+    p.add_argument("--output", help="folder to write (default: the packaged model's folder)")
+    p.add_argument("--fast", action="store_true", help="a few hundred steps, to try the recipe")
+    p.set_defaults(func=cmd_train_tiny)
     args = parser.parse_args(argv)
     args.func(args)
 

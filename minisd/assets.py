@@ -1,4 +1,5 @@
-"""Where minisd keeps files it fetches: CLIP's BPE vocabulary (chapter 01)."""
+"""Where minisd keeps its files: CLIP's BPE vocabulary (fetched, chapter 01) and the tiny shapes model
+(shipped in the package, chapter 07)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 CLIP_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 FETCH_COMMAND = "python -m minisd setup"
+TINY_MODEL = Path(__file__).parent / "weights" / "tiny_shapes"  # diffusers layout, trained by chapter 07
 
 
 def cache_dir() -> Path:
@@ -68,3 +70,13 @@ def fetch_clip_bpe(force: bool = False) -> Path:
     partial.write_bytes(data)
     partial.replace(target)
     return target
+
+
+def tiny_model_path() -> Path:
+    """The packaged tiny text-to-image model (the default of `python -m minisd generate`)."""
+    if not (TINY_MODEL / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged tiny model is missing from {TINY_MODEL}; train it again with "
+            "`python -m minisd train-tiny` (about 30 minutes on 2 CPU cores), or pass --weights"
+        )
+    return TINY_MODEL

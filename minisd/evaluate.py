@@ -72,3 +72,20 @@ def format_rows(rows: list[dict]) -> str:
             f"  {r['diversity']:9.3f}"
         )
     return "\n".join(lines)
+
+
+def plot_rows(rows: list[dict]):
+    """Adherence (colour, shape, background) and diversity against the guidance scale, as a figure."""
+    import matplotlib.pyplot as plt
+
+    scales = [r["guidance_scale"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, label in [("color", "colour"), ("shape", "shape"), ("background", "background")]:
+        left.plot(scales, [r[key] for r in rows], "o-", label=label)
+    left.set(xlabel="guidance scale", ylabel="accuracy on held-out captions", ylim=(0, 1.02))
+    left.legend()
+    right.plot(scales, [r["diversity"] for r in rows], "o-", color="C3")
+    right.set(xlabel="guidance scale", ylabel="diversity (mean |difference|)")
+    fig.suptitle("adherence rises with guidance, diversity falls")
+    fig.tight_layout()
+    return fig

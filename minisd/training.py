@@ -25,7 +25,7 @@ from minisd.data.shapes import ShapesDataset
 from minisd.schedulers import DDPMScheduler
 from minisd.tokenizer import CLIPTokenizer
 from minisd.unet import UNet2DConditionModel
-from minisd.vae import AutoencoderKL
+from minisd.vae import AutoencoderKL, DiagonalGaussianDistribution
 
 TINY_CONFIGS: dict[str, dict] = {
     "text_encoder": {
@@ -74,15 +74,45 @@ TINY_CONFIGS: dict[str, dict] = {
     },
 }
 
+# how `python -m minisd generate` samples the tiny model when no option says otherwise
+TINY_SAMPLING = {"steps": 25, "guidance": 3.0, "scheduler": "ddim", "height": 32, "width": 32, "upscale": 8}
+
+
+class RenderedDataset(torch.utils.data.Dataset):
+    """A dataset drawn once into memory: images [N, 3, H, W] and captions, indexed without redrawing."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, progress: bool = True):
+        items = [dataset[i] for i in tqdm(range(len(dataset)), desc="drawing scenes", disable=not progress)]
+        self.images = torch.stack([x for x, _ in items])  # [N, 3, H, W] in [-1, 1]
+        self.captions = [c for _, c in items]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        return self.images[i], self.captions[i]
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> list[int]:
+    """The dataset indices of a training step, a function of (seed, step) alone: a resumed run sees
+    exactly the batches an uninterrupted one would."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return [rng.randrange(n) for _ in range(batch_size)]
+
 
 def batch(
-    dataset: ShapesDataset, batch_size: int, step: int, seed: int = 0
+    dataset: torch.utils.data.Dataset, batch_size: int, step: int, seed: int = 0
 ) -> tuple[torch.Tensor, list[str]]:
-    """The batch of a training step: images [B, 3, H, W] in [-1, 1] and captions, a function of (seed, step)
-    alone, so a resumed run sees exactly the batches an uninterrupted one would."""
-    rng = random.Random(seed * 1_000_003 + step)
-    items = [dataset[rng.randrange(len(dataset))] for _ in range(batch_size)]
+    """The batch of a training step: images [B, 3, H, W] in [-1, 1] and their captions."""
+    items = [dataset[i] for i in batch_indices(len(dataset), batch_size, step, seed)]
     return torch.stack([x for x, _ in items]), [c for _, c in items]
+
+
+@torch.inference_mode()
+def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The frozen autoencoder's posterior parameters (mean and log-variance) [N, 8, h, w] of every
+    image, computed once: a training step then only samples z = mean + std * noise."""
+    return torch.cat([vae.encode(x).parameters for x in images.split(batch_size)])
 
 
 def train_autoencoder(
@@ -173,18 +203,25 @@ def train_text_to_image(
         sched.load_state_dict(saved["lr_scheduler"])
         state = {"step": saved["step"], "losses": saved["losses"]}
     vae.eval().requires_grad_(False)
+    if not isinstance(dataset, RenderedDataset):
+        dataset = RenderedDataset(dataset, progress)
+    posteriors = encode_posteriors(
+        vae, dataset.images
+    )  # [N, 8, h, w]: the autoencoder is frozen from here on
     unet.train()
     text_encoder.train()
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
     for step in bar:
-        x, captions = batch(dataset, batch_size, step)
+        idx = batch_indices(len(dataset), batch_size, step)
+        captions = [dataset.captions[i] for i in idx]
         gen = torch.Generator().manual_seed(step)  # this step's noise, timesteps and dropped captions
         drop = torch.rand(len(captions), generator=gen) < caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        with torch.no_grad():
-            latents = vae.encode(x).sample(gen) * vae.scaling_factor  # [B, 4, 8, 8]
+        latents = (
+            DiagonalGaussianDistribution(posteriors[idx]).sample(gen) * vae.scaling_factor
+        )  # [B, 4, 8, 8]
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
         pred = unet(noisy, t, text_encoder(tokenizer(captions)))
         loss = F.mse_loss(pred, noise)
@@ -237,23 +274,28 @@ def save_model(folder: str | os.PathLike, unet, text_encoder, vae, tokenizer, dt
 
 def train_tiny_model(
     folder: str | os.PathLike,
-    vae_steps: int = 1500,
-    steps: int = 6000,
+    vae_steps: int = 1000,
+    steps: int = 3500,
     batch_size: int = 64,
+    num_scenes: int = 40_000,
     seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """The whole recipe: autoencoder, its scaling factor, then UNet + text encoder; saved to `folder`.
 
-    Checkpoints go to `folder/checkpoints`; running it again with the same folder resumes.
-    Returns the loss histories and the scaling factor.
+    `num_scenes` training scenes are drawn once into memory. Checkpoints go to `checkpoint_dir`
+    (default `folder/checkpoints`); running again with the same directory resumes. Returns the loss
+    histories and the scaling factor.
     """
     folder = Path(folder)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else folder / "checkpoints"
     torch.manual_seed(seed)
-    dataset = ShapesDataset(length=200_000, seed=seed)
-    vae_dir = folder / "checkpoints" / "vae"
+    dataset = RenderedDataset(ShapesDataset(length=num_scenes, seed=seed), progress)
+    vae_dir = checkpoint_dir / "vae"
     if (vae_dir / "config.json").is_file():
-        vae, vae_losses = AutoencoderKL.from_pretrained(vae_dir), []
+        vae = AutoencoderKL.from_pretrained(vae_dir)
+        vae_losses = json.loads((vae_dir / "losses.json").read_text())
     else:
         vae = AutoencoderKL.from_config(TINY_CONFIGS["vae"])
         vae_losses = train_autoencoder(vae, dataset, vae_steps, batch_size=16, progress=progress)
@@ -262,12 +304,13 @@ def train_tiny_model(
         scaled.load_state_dict(vae.state_dict())
         vae = scaled.eval()
         vae.save_pretrained(vae_dir)
+        (vae_dir / "losses.json").write_text(json.dumps(vae_losses))
     unet = UNet2DConditionModel.from_config(TINY_CONFIGS["unet"])
     text_encoder = CLIPTextModel.from_config(TINY_CONFIGS["text_encoder"])
     tokenizer = CLIPTokenizer()
     result = train_text_to_image(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size,
-        checkpoint_dir=folder / "checkpoints", progress=progress,
+        checkpoint_dir=checkpoint_dir, progress=progress,
     )  # fmt: skip
     save_model(folder, result["unet"], result["text_encoder"], vae, tokenizer)
     return {"vae_losses": vae_losses, "losses": result["losses"], "scaling_factor": vae.scaling_factor}

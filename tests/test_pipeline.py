@@ -246,11 +246,6 @@ def test_cli_generate(folder, tmp_path, capsys):
     assert Image.open(out).size == (64, 64) and "wrote" in capsys.readouterr().out
 
 
-def test_cli_generate_needs_weights():
-    with pytest.raises(SystemExit, match="--weights"):
-        main(["generate", PROMPT])
-
-
 # ---------------------------------------------------------------------------- full size and real weights
 
 
