@@ -164,3 +164,33 @@ class Transformer2DModel(nn.Module):
         if not self.use_linear_projection:
             hidden = self.proj_out(hidden)  # [B, C, H, W]
         return hidden + x
+
+
+@torch.no_grad()
+def cross_attention_maps(
+    unet: nn.Module, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, side: int
+) -> torch.Tensor:
+    """Where each text token is read: the cross-attention softmax weights of one UNet call.
+
+    Runs `unet(sample, timestep, encoder_hidden_states)` and averages, over heads and over every
+    cross-attention layer working on a `side` x `side` grid, softmax(q k^T / sqrt(d)) -> [B, side, side, L].
+    """
+    maps = []
+
+    def capture(module, args, output):
+        x, context = args  # [B, HW, C], [B, L, cross_attention_dim]
+        if x.shape[1] != side * side:
+            return
+        q = module.to_q(x).unflatten(-1, (module.heads, -1)).transpose(1, 2)  # [B, h, HW, d]
+        k = module.to_k(context).unflatten(-1, (module.heads, -1)).transpose(1, 2)  # [B, h, L, d]
+        maps.append((q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1).mean(1))  # [B, HW, L]
+
+    handles = [m.attn2.register_forward_hook(capture) for m in unet.modules() if hasattr(m, "attn2")]
+    try:
+        unet(sample, timestep, encoder_hidden_states)
+    finally:
+        for h in handles:
+            h.remove()
+    if not maps:
+        raise ValueError(f"no cross-attention layer works on a {side}x{side} grid for this sample size")
+    return torch.stack(maps).mean(0).unflatten(1, (side, side))  # [B, side, side, L]

@@ -115,3 +115,34 @@ def test_full_v15_unet_matches_diffusers():
     assert ours.num_parameters() == 859_520_964
     got, want = run_both(ours, ref, torch.randn(1, 4, 8, 8), 981, torch.randn(1, 77, 768))
     assert relative_max_diff(got, want) < 1e-4
+
+
+def test_cross_attention_maps_match_diffusers_attention_probabilities():
+    """The maps chapters 04 and 07 draw: diffusers' own softmax weights, recorded by a processor."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from minisd.attention import cross_attention_maps
+
+    recorded = []
+
+    class Recorder(AttnProcessor):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+            if encoder_hidden_states is not None and hidden_states.shape[1] == 8 * 8:
+                q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # [B*h, HW, d]
+                k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+                probs = attn.get_attention_scores(q, k, None)  # [B*h, HW, L]
+                recorded.append(probs.unflatten(0, (hidden_states.shape[0], attn.heads)).mean(1))
+            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+    ours, ref = build_pair(SMALL)
+    ref.set_attn_processor(Recorder())
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, SMALL["cross_attention_dim"])
+    with torch.no_grad():
+        ref(sample, 500, text)
+    maps = cross_attention_maps(ours, sample, 500, text, side=8)  # [2, 8, 8, 77]
+    want = torch.stack(recorded).mean(0).unflatten(1, (8, 8))
+    assert maps.shape == (2, 8, 8, 77) and len(recorded) == 5  # down_blocks.1 (2), up_blocks.2 (3)
+    torch.testing.assert_close(maps, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 8, 8))
+    with pytest.raises(ValueError, match="5x5 grid"):
+        cross_attention_maps(ours, sample, 500, text, side=5)
