@@ -305,3 +305,36 @@ def geglu(candidate: Callable) -> bool:
             return candidate(x, weight, bias)
 
     return compare_cases("geglu", reader, reference, cases)
+
+
+# Chapter 07: training a tiny text-to-image model ------------------------------------------------
+
+
+def noise_prediction_loss(candidate: Callable) -> bool:
+    """Chapter 07: `candidate(unet, latents, noise, t, context, alphas_cumprod) -> loss`, the training
+    loss of one step (noise the latents to x_t, predict the noise, mean squared error), against
+    `minisd.schedulers.DDPMScheduler.add_noise` and `F.mse_loss` with the tiny model's UNet."""
+    import torch.nn.functional as F
+
+    from minisd.schedulers import DDPMScheduler
+    from minisd.training import TINY_CONFIGS
+    from minisd.unet import UNet2DConditionModel
+
+    scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(TINY_CONFIGS["unet"]).eval()
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for label, t in [
+        ("one timestep each", torch.tensor([0, 250, 500, 999])),
+        ("all at t=999", torch.full((4,), 999)),
+    ]:
+        latents, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
+        context = torch.randn(4, 77, TINY_CONFIGS["unet"]["cross_attention_dim"], generator=gen)
+        cases.append((label, (unet, latents, noise, t, context, scheduler.alphas_cumprod)))
+
+    @torch.no_grad()
+    def reference(unet, latents, noise, t, context, alphas_cumprod):
+        return F.mse_loss(unet(scheduler.add_noise(latents, noise, t), t, context), noise)
+
+    return compare_cases("noise_prediction_loss", torch.no_grad()(candidate), reference, cases)
