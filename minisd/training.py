@@ -299,10 +299,7 @@ def train_tiny_model(
     else:
         vae = AutoencoderKL.from_config(TINY_CONFIGS["vae"])
         vae_losses = train_autoencoder(vae, dataset, vae_steps, batch_size=16, progress=progress)
-        scale = latent_scaling_factor(vae.eval(), dataset)
-        scaled = AutoencoderKL.from_config({**TINY_CONFIGS["vae"], "scaling_factor": scale})
-        scaled.load_state_dict(vae.state_dict())
-        vae = scaled.eval()
+        vae.scaling_factor = latent_scaling_factor(vae.eval(), dataset)
         vae.save_pretrained(vae_dir)
         (vae_dir / "losses.json").write_text(json.dumps(vae_losses))
     unet = UNet2DConditionModel.from_config(TINY_CONFIGS["unet"])

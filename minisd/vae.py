@@ -265,6 +265,12 @@ class AutoencoderKL(ModelMixin):
         """Multiply latents by this before diffusion (1 / std of the training latents; 0.18215 for v1.x)."""
         return self._scaling_factor
 
+    @scaling_factor.setter
+    def scaling_factor(self, value: float) -> None:
+        self._scaling_factor = float(value)
+        if hasattr(self, "config"):  # so that save_pretrained writes it
+            self.config["scaling_factor"] = float(value)
+
     def enable_tiling(self, enabled: bool = True) -> None:
         """Encode / decode images larger than `sample_size` in overlapping, blended tiles."""
         self.use_tiling = enabled
