@@ -15,6 +15,23 @@ from minisd.attention import Transformer2DModel
 from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
+def transformer_layers(
+    num_layers: int, channels: int, heads: int, cross_attention_dim: int, groups: int, linear: bool
+) -> nn.ModuleList:
+    """The `attentions` of a cross-attention block: `num_layers` Transformer2DModels of `heads` heads."""
+    return nn.ModuleList(
+        Transformer2DModel(
+            heads,
+            channels // heads,
+            channels,
+            cross_attention_dim,
+            norm_num_groups=groups,
+            use_linear_projection=linear,
+        )
+        for _ in range(num_layers)
+    )
+
+
 class DownBlock2D(nn.Module):
     """Resnets, then an optional stride-2 downsampler. Returns the output and the skips it produced."""
 
@@ -80,16 +97,13 @@ class CrossAttnDownBlock2D(DownBlock2D):
             in_channels, out_channels, temb_channels, num_layers, resnet_eps, resnet_groups, add_downsample,
             downsample_padding,
         )  # fmt: skip
-        self.attentions = nn.ModuleList(
-            Transformer2DModel(
-                num_attention_heads,
-                out_channels // num_attention_heads,
-                out_channels,
-                cross_attention_dim,
-                norm_num_groups=resnet_groups,
-                use_linear_projection=use_linear_projection,
-            )
-            for _ in range(num_layers)
+        self.attentions = transformer_layers(
+            num_layers,
+            out_channels,
+            num_attention_heads,
+            cross_attention_dim,
+            resnet_groups,
+            use_linear_projection,
         )
 
     def forward(
@@ -126,17 +140,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
             )
             for _ in range(2)
         )
-        self.attentions = nn.ModuleList(
-            [
-                Transformer2DModel(
-                    num_attention_heads,
-                    in_channels // num_attention_heads,
-                    in_channels,
-                    cross_attention_dim,
-                    norm_num_groups=resnet_groups,
-                    use_linear_projection=use_linear_projection,
-                )
-            ]
+        self.attentions = transformer_layers(
+            1, in_channels, num_attention_heads, cross_attention_dim, resnet_groups, use_linear_projection
         )
 
     def forward(
@@ -212,16 +217,13 @@ class CrossAttnUpBlock2D(UpBlock2D):
             in_channels, prev_output_channel, out_channels, temb_channels, num_layers, resnet_eps,
             resnet_groups, add_upsample,
         )  # fmt: skip
-        self.attentions = nn.ModuleList(
-            Transformer2DModel(
-                num_attention_heads,
-                out_channels // num_attention_heads,
-                out_channels,
-                cross_attention_dim,
-                norm_num_groups=resnet_groups,
-                use_linear_projection=use_linear_projection,
-            )
-            for _ in range(num_layers)
+        self.attentions = transformer_layers(
+            num_layers,
+            out_channels,
+            num_attention_heads,
+            cross_attention_dim,
+            resnet_groups,
+            use_linear_projection,
         )
 
     def forward(
