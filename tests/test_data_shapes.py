@@ -84,7 +84,7 @@ def test_reader_tolerates_the_blur_of_generated_pictures():
     rng = random.Random(1)
     scenes = [random_scene(rng, held_out=i % 2 == 0) for i in range(300)]
     blurred = [np.array(Image.fromarray(render_scene(s)).filter(ImageFilter.GaussianBlur(1))) for s in scenes]
-    results = [score_image(img, s) for img, s in zip(blurred, scenes)]
+    results = [score_image(img, s) for img, s in zip(blurred, scenes, strict=True)]
     for key in ("color", "shape", "background"):
         assert np.mean([r[key] for r in results]) >= 0.97, key
 
