@@ -80,3 +80,26 @@ def tiny_model_path() -> Path:
             "`python -m minisd train-tiny` (about 30 minutes on 2 CPU cores), or pass --weights"
         )
     return TINY_MODEL
+
+
+def hub_download(repo_id: str, variant: str | None = None) -> Path:
+    """Fetch a diffusers-layout pipeline ("owner/name") from the Hugging Face hub: the configs, the
+    tokenizer and the safetensors weights only. Needs the optional `huggingface_hub` and a network."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local file or folder; to download it from the Hugging Face hub, "
+            'install the optional dependency: python -m pip install -e ".[hub]"'
+        ) from e
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    patterns = [
+        "model_index.json",
+        "*/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/*",
+        f"unet/diffusion_pytorch_model{suffix}",
+        f"vae/diffusion_pytorch_model{suffix}",
+        f"text_encoder/model{suffix}",
+    ]
+    return Path(snapshot_download(repo_id, allow_patterns=patterns))

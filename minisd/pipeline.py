@@ -13,6 +13,7 @@ weights and injected latents reproduces its images.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minisd.assets import hub_download
 from minisd.checkpoint import CONFIG_DIR, load_checkpoint, original_to_diffusers, read_configs
 from minisd.clip import CLIPTextModel
 from minisd.env import get_device
@@ -82,12 +84,16 @@ class StableDiffusionPipeline:
         variant: str | None = None,
         use_ema: bool | None = None,
     ) -> StableDiffusionPipeline:
-        """Load a diffusers folder (model_index.json, unet/, vae/, ...) or one original checkpoint file.
+        """Load a diffusers folder (model_index.json, unet/, vae/, ...) or one original checkpoint file;
+        a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5" is downloaded first (needs
+        the optional huggingface_hub).
 
         For a single file (`.safetensors` or `.ckpt`, never unpickling code), `config` names a
         diffusers-layout folder holding the configs; None means SD v1.5. `use_ema`: see
         minisd.checkpoint. `device` defaults to `get_device()`, `dtype` to float32.
         """
+        if not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+            path = hub_download(str(path), variant)  # "owner/name": a model hub repository
         path = Path(path)
         device = torch.device(device) if device is not None else get_device()
         dtype = dtype or torch.float32  # also for fp16 files: CPUs compute in fp32

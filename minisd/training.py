@@ -133,7 +133,8 @@ def train_autoencoder(
         x, _ = batch(dataset, batch_size, step, seed=1)
         posterior = vae.encode(x)
         recon = vae.decode(posterior.sample())
-        loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        kl = posterior.kl().mean() / x[0].numel()  # per pixel, like the L1 term: the LDM paper's ratio
+        loss = F.l1_loss(recon, x) + kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

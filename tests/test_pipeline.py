@@ -283,3 +283,28 @@ def test_real_weights_match_diffusers():
     ref = RefPipeline.from_pretrained(folder, safety_checker=None).to(device)
     want = ref(generator=torch.Generator().manual_seed(0), **kwargs).images
     assert max_diff(got, want) < 2e-3
+
+
+def test_hub_ids_are_downloaded_with_huggingface_hub(folder, monkeypatch):
+    """A hub id goes through huggingface_hub.snapshot_download (faked here: no test needs a network)."""
+    import sys
+    import types
+
+    asked = {}
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked.update(repo_id=repo_id, patterns=allow_patterns)
+        return str(folder)
+
+    monkeypatch.setitem(
+        sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download)
+    )
+    pipe = StableDiffusionPipeline.from_pretrained("someone/tiny-sd", device="cpu")
+    assert (
+        asked["repo_id"] == "someone/tiny-sd"
+        and "unet/diffusion_pytorch_model.safetensors" in asked["patterns"]
+    )
+    assert pipe.unet.num_parameters() > 0
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(FileNotFoundError, match=r"\[hub\]"):
+        StableDiffusionPipeline.from_pretrained("someone/tiny-sd", device="cpu")
