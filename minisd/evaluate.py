@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minisd.data.shapes import ShapesDataset, score_image
+from minisd.data.shapes import ShapeScene, ShapesDataset, score_image
+
+
+def adherence(images: np.ndarray, scenes: Sequence[ShapeScene]) -> dict[str, float]:
+    """How often pictures float [N, H, W, 3] in [0, 1] show their scenes: the fraction of correct
+    colour, shape, background and object count, read back by `score_image`."""
+    pixels = (np.asarray(images) * 255).round().astype(np.uint8)
+    scores = [score_image(img, scene) for img, scene in zip(pixels, scenes, strict=True)]
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("color", "shape", "background", "count")}
 
 
 @torch.inference_mode()
@@ -48,15 +56,14 @@ def evaluate_adherence(
             output_type="np",
             progress=False,
         )  # [N, H, W, 3] in [0, 1]
-        pixels = (images * 255).round().astype(np.uint8)
-        scores = [score_image(img, scenes[i // samples_per_prompt]) for i, img in enumerate(pixels)]
+        rates = adherence(images, [s for s in scenes for _ in range(samples_per_prompt)])
         groups = images.reshape(num_prompts, samples_per_prompt, -1)
         pairs = np.abs(groups[:, :, None] - groups[:, None]).mean(-1)  # [P, S, S]
         diversity = pairs.sum((1, 2)) / (samples_per_prompt * (samples_per_prompt - 1))
         rows.append(
             {
                 "guidance_scale": float(scale),
-                **{k: float(np.mean([s[k] for s in scores])) for k in ("color", "shape", "background")},
+                **rates,
                 "diversity": float(diversity.mean()),
             }
         )

@@ -275,10 +275,10 @@ def save_model(folder: str | os.PathLike, unet, text_encoder, vae, tokenizer, dt
 
 def train_tiny_model(
     folder: str | os.PathLike,
-    vae_steps: int = 1000,
-    steps: int = 3500,
+    vae_steps: int = 2500,
+    steps: int = 3000,
     batch_size: int = 64,
-    num_scenes: int = 40_000,
+    num_scenes: int = 20_000,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
