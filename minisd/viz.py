@@ -27,8 +27,11 @@ def to_pil(
     return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in x]
 
 
-def image_grid(images: list[Image.Image], cols: int | None = None, max_side: int = 1024) -> Image.Image:
-    """Paste equally sized images into one grid image, downscaled so its longer side is <= max_side."""
+def image_grid(
+    images: list[Image.Image], cols: int | None = None, max_side: int = 1024, zoom: int = 1
+) -> Image.Image:
+    """Paste equally sized images into one grid image, downscaled so its longer side is <= max_side;
+    `zoom` > 1 first enlarges small pictures with visible pixels (nearest neighbour)."""
     if not images:
         raise ValueError("image_grid needs at least one image")
     cols = cols or len(images)
@@ -37,6 +40,8 @@ def image_grid(images: list[Image.Image], cols: int | None = None, max_side: int
     grid = Image.new("RGB", (cols * w, rows * h), "white")
     for i, im in enumerate(images):
         grid.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    if zoom > 1:
+        grid = grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
     scale = max_side / max(grid.size)
     if scale < 1:
         grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.LANCZOS)
