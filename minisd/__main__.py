@@ -67,6 +67,7 @@ def _load_pipeline(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
+    from PIL import Image
 
     from minisd.training import TINY_SAMPLING
 
@@ -86,7 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     image = images[0]
     if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
-        image = image.resize((image.width * opts["upscale"], image.height * opts["upscale"]), 0)
+        size = (image.width * opts["upscale"], image.height * opts["upscale"])
+        image = image.resize(size, Image.Resampling.NEAREST)
     image.save(args.output)
     print(f"wrote {args.output} ({image.width}x{image.height})")
 

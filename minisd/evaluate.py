@@ -41,8 +41,9 @@ def evaluate_adherence(
     Diversity is the mean absolute difference (in [0, 1]) between two pictures of the same prompt
     drawn from different seeds: 0 means every seed gives the same picture.
     """
-    scenes = [ShapesDataset(num_prompts, seed=seed, split="heldout").scene(i) for i in range(num_prompts)]
-    prompts = [s.caption for s in scenes for _ in range(samples_per_prompt)]
+    heldout = ShapesDataset(num_prompts, seed=seed, split="heldout")
+    scenes = [heldout.scene(i) for i in range(num_prompts) for _ in range(samples_per_prompt)]
+    prompts = [s.caption for s in scenes]
     size = pipe.unet.config["sample_size"] * pipe.vae_scale_factor
     rows = []
     for scale in tqdm(guidance_scales, desc="guidance scales", disable=not progress):
@@ -56,7 +57,7 @@ def evaluate_adherence(
             output_type="np",
             progress=False,
         )  # [N, H, W, 3] in [0, 1]
-        rates = adherence(images, [s for s in scenes for _ in range(samples_per_prompt)])
+        rates = adherence(images, scenes)
         groups = images.reshape(num_prompts, samples_per_prompt, -1)
         pairs = np.abs(groups[:, :, None] - groups[:, None]).mean(-1)  # [P, S, S]
         diversity = pairs.sum((1, 2)) / (samples_per_prompt * (samples_per_prompt - 1))

@@ -206,9 +206,8 @@ def train_text_to_image(
     vae.eval().requires_grad_(False)
     if not isinstance(dataset, RenderedDataset):
         dataset = RenderedDataset(dataset, progress)
-    posteriors = encode_posteriors(
-        vae, dataset.images
-    )  # [N, 8, h, w]: the autoencoder is frozen from here on
+    # the autoencoder is frozen from here on: encode every scene once
+    posteriors = encode_posteriors(vae, dataset.images)  # [N, 8, h, w]
     unet.train()
     text_encoder.train()
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
@@ -218,9 +217,8 @@ def train_text_to_image(
         gen = torch.Generator().manual_seed(step)  # this step's noise, timesteps and dropped captions
         drop = torch.rand(len(captions), generator=gen) < caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        latents = (
-            DiagonalGaussianDistribution(posteriors[idx]).sample(gen) * vae.scaling_factor
-        )  # [B, 4, 8, 8]
+        posterior = DiagonalGaussianDistribution(posteriors[idx])
+        latents = posterior.sample(gen) * vae.scaling_factor  # [B, 4, 8, 8]
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
