@@ -6,6 +6,9 @@ module carries the projections under diffusers' names (`to_q`, `to_k`, `to_v`, `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,14 +56,20 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`attention_mask`: bool, broadcastable to [B, heads, N, M]; False hides a key (a padding token)."""
         if x.ndim == 4:  # [B, C, H, W]: spatial self-attention with a residual
             b, c, h, w = x.shape
             tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)  # [B, HW, C]
             return x + self.forward(tokens).transpose(1, 2).reshape(b, c, h, w)
         context = x if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        return self.to_out[0](multi_head_attention(q, k, v, self.heads))
+        return self.to_out[0](multi_head_attention(q, k, v, self.heads, mask=attention_mask))
 
 
 class GEGLU(nn.Module):
@@ -95,7 +104,8 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention to the text, feed-forward; each pre-LayerNorm with a residual.
 
-    x: [B, N, dim], encoder_hidden_states: [B, L, cross_attention_dim] -> [B, N, dim].
+    x: [B, N, dim], encoder_hidden_states: [B, L, cross_attention_dim] -> [B, N, dim];
+    `encoder_attention_mask` (bool [B, 1, 1, L], optional) hides text tokens from the cross-attention.
     """
 
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int, dropout: float = 0.0):
@@ -107,9 +117,14 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), encoder_hidden_states)
+        x = x + self.attn2(self.norm2(x), encoder_hidden_states, encoder_attention_mask)
         return x + self.ff(self.norm3(x))
 
 
@@ -148,7 +163,12 @@ class Transformer2DModel(nn.Module):
             for _ in range(num_layers)
         )
 
-    def forward(self, x: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, _, h, w = x.shape
         hidden = self.norm(x)
         if not self.use_linear_projection:
@@ -157,7 +177,7 @@ class Transformer2DModel(nn.Module):
         if self.use_linear_projection:
             hidden = self.proj_in(hidden)  # [B, HW, inner]
         for block in self.transformer_blocks:
-            hidden = block(hidden, encoder_hidden_states)
+            hidden = block(hidden, encoder_hidden_states, encoder_attention_mask)
         if self.use_linear_projection:
             hidden = self.proj_out(hidden)  # [B, HW, C]
         hidden = hidden.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # [B, C or inner, H, W]
@@ -166,31 +186,54 @@ class Transformer2DModel(nn.Module):
         return hidden + x
 
 
-@torch.no_grad()
-def cross_attention_maps(
-    unet: nn.Module, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, side: int
+def attention_probs(
+    attn: Attention, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Where each text token is read: the cross-attention softmax weights of one UNet call.
+    """The softmax(q k^T / sqrt(d)) weights of one Attention call, averaged over heads: [B, N, L]."""
+    q = attn.to_q(x).unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # [B, h, N, d]
+    k = attn.to_k(context).unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # [B, h, L, d]
+    logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, h, N, L]
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return logits.softmax(-1).mean(1)
 
-    Runs `unet(sample, timestep, encoder_hidden_states)` and averages, over heads and over every
-    cross-attention layer working on a `side` x `side` grid, softmax(q k^T / sqrt(d)) -> [B, side, side, L].
-    """
+
+@contextmanager
+def recording_cross_attention(unet: nn.Module, side: int) -> Iterator[list[torch.Tensor]]:
+    """Inside the `with`, every cross-attention layer working on a `side` x `side` grid appends its
+    `attention_probs` [B, side*side, L] to the yielded list (with gradients, if they are on)."""
     maps = []
 
     def capture(module, args, output):
-        x, context = args  # [B, HW, C], [B, L, cross_attention_dim]
-        if x.shape[1] != side * side:
-            return
-        q = module.to_q(x).unflatten(-1, (module.heads, -1)).transpose(1, 2)  # [B, h, HW, d]
-        k = module.to_k(context).unflatten(-1, (module.heads, -1)).transpose(1, 2)  # [B, h, L, d]
-        maps.append((q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1).mean(1))  # [B, HW, L]
+        x, context, *mask = args  # [B, HW, C], [B, L, cross_attention_dim], ([B, 1, 1, L])
+        if x.shape[1] == side * side:
+            maps.append(attention_probs(module, x, context, mask[0] if mask else None))
 
     handles = [m.attn2.register_forward_hook(capture) for m in unet.modules() if hasattr(m, "attn2")]
     try:
-        unet(sample, timestep, encoder_hidden_states)
+        yield maps
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def cross_attention_maps(
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep,
+    encoder_hidden_states: torch.Tensor,
+    side: int,
+    encoder_attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Where each text token is read: the cross-attention softmax weights of one UNet call.
+
+    Runs `unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)` and averages, over
+    heads and over every cross-attention layer working on a `side` x `side` grid,
+    softmax(q k^T / sqrt(d)) -> [B, side, side, L] (hidden tokens get 0).
+    """
+    with recording_cross_attention(unet, side) as maps:
+        unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)
     if not maps:
         raise ValueError(f"no cross-attention layer works on a {side}x{side} grid for this sample size")
     return torch.stack(maps).mean(0).unflatten(1, (side, side))  # [B, side, side, L]

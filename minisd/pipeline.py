@@ -12,6 +12,7 @@ weights and injected latents reproduces its images.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -51,6 +52,15 @@ def _tokenizer(tokenizer: CLIPTokenizer | str | os.PathLike | None, folder: Path
     return CLIPTokenizer.from_pretrained(tokenizer)
 
 
+def _negative_prompts(negative_prompt: str | list[str] | None, b: int) -> list[str]:
+    """One negative prompt per prompt: "" by default, a single one repeated, or a list of b."""
+    negative = [""] * b if negative_prompt is None else negative_prompt
+    negative = [negative] * b if isinstance(negative, str) else list(negative)
+    if len(negative) != b:
+        raise ValueError(f"{len(negative)} negative prompts for {b} prompts: give one, or one per prompt")
+    return negative
+
+
 def _scheduler(config: dict) -> SchedulerMixin:
     return get_scheduler(config.get("_class_name", "PNDMScheduler"), config)
 
@@ -66,8 +76,12 @@ class StableDiffusionPipeline:
         vae: AutoencoderKL,
         scheduler: SchedulerMixin,
         scheduler_config: dict | None = None,
+        mask_text_padding: bool = False,
     ):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        # hide the padding after EOT from the UNet's cross-attention: off for SD, which was trained
+        # reading all 77 tokens; on for chapter 07's tiny model (model_index.json says which)
+        self.mask_text_padding = mask_text_padding
         self.scheduler = scheduler
         # the model's scheduler_config.json, to build scheduler=<name> from: it holds keys the default
         # scheduler does not use (v1.5's clip_sample=False matters to DDIM)
@@ -104,10 +118,11 @@ class StableDiffusionPipeline:
                     "text_encoder/, tokenizer/, scheduler/) or a .safetensors/.ckpt single file"
                 )
             folder, scheduler_config = path, read_config(path / "scheduler")
+            index = json.loads((path / "model_index.json").read_text())
         elif path.is_file():
             folder = Path(config) if config is not None else CONFIG_DIR
             configs = read_configs(folder)
-            scheduler_config = configs["scheduler"]
+            scheduler_config, index = configs["scheduler"], {}
         else:
             raise FileNotFoundError(
                 f"no model at {path}: expected a diffusers folder or a .safetensors/.ckpt file "
@@ -127,7 +142,13 @@ class StableDiffusionPipeline:
                     model = model_cls.from_config(configs[name])
                 state = model_cls.convert_state_dict(parts.pop(name))
                 models[name] = load_into(model, state, dtype=dtype, device=device)
-        return cls(tokenizer, scheduler=scheduler, scheduler_config=scheduler_config, **models)
+        return cls(
+            tokenizer,
+            scheduler=scheduler,
+            scheduler_config=scheduler_config,
+            mask_text_padding=bool(index.get("mask_text_padding", False)),
+            **models,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -170,12 +191,7 @@ class StableDiffusionPipeline:
             return prompt_embeds, None
         b = prompt_embeds.shape[0]
         if negative_prompt_embeds is None:
-            negative = [""] * b if negative_prompt is None else negative_prompt
-            negative = [negative] * b if isinstance(negative, str) else list(negative)
-            if len(negative) != b:
-                raise ValueError(
-                    f"{len(negative)} negative prompts for {b} prompts: give one, or one per prompt"
-                )
+            negative = _negative_prompts(negative_prompt, b)
             negative_prompt_embeds = self.text_encoder(self.tokenizer(negative).to(self.device))
         if negative_prompt_embeds.shape != prompt_embeds.shape:
             raise ValueError(
@@ -183,6 +199,25 @@ class StableDiffusionPipeline:
                 f"{tuple(prompt_embeds.shape)} must have the same shape"
             )
         return prompt_embeds, negative_prompt_embeds.to(self.device, self.dtype)
+
+    def text_attention_mask(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """bool [B or 2B, 77]: which tokens the UNet reads (up to EOT), ordered [negatives; prompts]."""
+        if prompt_embeds is not None or (do_classifier_free_guidance and negative_prompt_embeds is not None):
+            raise ValueError(
+                "this model hides the padding tokens from the UNet (mask_text_padding), which needs the "
+                "token ids: give prompt and negative_prompt as text, not embeddings"
+            )
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = _negative_prompts(negative_prompt, len(prompts)) if do_classifier_free_guidance else []
+        texts = negatives + prompts
+        return self.tokenizer.attention_mask(self.tokenizer(texts)).to(self.device)
 
     def _check_inputs(self, prompt, prompt_embeds, height, width, output_type, num_inference_steps) -> None:
         if (prompt is None) == (prompt_embeds is None):
@@ -260,6 +295,11 @@ class StableDiffusionPipeline:
         )
         context = cond if uncond is None else torch.cat([uncond, cond])  # [2B, 77, 768]: [uncond; cond]
         context = context.repeat_interleave(num_images_per_prompt, dim=0)  # [u0, u0, u1, u1, c0, c0, ...]
+        mask = None
+        if self.mask_text_padding:
+            embeds = (prompt_embeds, negative_prompt_embeds)
+            mask = self.text_attention_mask(prompt, negative_prompt, do_cfg, *embeds)
+            mask = mask.repeat_interleave(num_images_per_prompt, dim=0)  # [2B, 77], ordered as context
         batch = cond.shape[0] * num_images_per_prompt
 
         scheduler.set_timesteps(
@@ -269,7 +309,7 @@ class StableDiffusionPipeline:
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=context)  # [2B, 4, h, w]
+            eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask)  # [2B, 4, h, w]
             if do_cfg:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
             latents = scheduler.step(eps, t, latents, generator=generator)

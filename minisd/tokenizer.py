@@ -242,6 +242,14 @@ class CLIPTokenizer:
         text = byte_decode("".join(tokens)).replace(END_OF_WORD, " ")
         return text.strip() if strip else text
 
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """bool [B, L]: False on the padding after each prompt's EOT, True up to that EOT (as the
+        attention_mask of transformers' tokenizer)."""
+        pad = (ids == self.pad_token_id).long()
+        padding = pad.flip(-1).cummin(-1).values.flip(-1).bool()  # the run of EOT ids ending each row
+        padding[..., 1:] &= padding[..., :-1].clone()  # its first is the prompt's own EOT: keep it
+        return ~padding
+
     def __call__(self, text: str | list[str], max_length: int | None = None) -> torch.Tensor:
         """`LongTensor[B, 77]`: SOT, ids, EOT, padded with EOT; too-long prompts are cut with a warning."""
         texts = [text] if isinstance(text, str) else list(text)

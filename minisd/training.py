@@ -11,17 +11,23 @@ diffusers folder layout, so `StableDiffusionPipeline.from_pretrained` loads it l
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import json
 import os
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from minisd.assets import cache_dir
+from minisd.attention import recording_cross_attention
 from minisd.clip import CLIPTextModel
-from minisd.data.shapes import ShapesDataset
+from minisd.data.shapes import ShapesDataset, shape_coverage
 from minisd.schedulers import DDPMScheduler
 from minisd.tokenizer import CLIPTokenizer
 from minisd.unet import UNet2DConditionModel
@@ -79,12 +85,15 @@ TINY_SAMPLING = {"steps": 25, "guidance": 3.0, "scheduler": "ddim", "height": 32
 
 
 class RenderedDataset(torch.utils.data.Dataset):
-    """A dataset drawn once into memory: images [N, 3, H, W] and captions, indexed without redrawing."""
+    """A dataset drawn once into memory: images [N, 3, H, W] and captions, indexed without redrawing
+    (and, from a ShapesDataset, the scenes, for `grounding_targets`)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, progress: bool = True):
         items = [dataset[i] for i in tqdm(range(len(dataset)), desc="drawing scenes", disable=not progress)]
         self.images = torch.stack([x for x, _ in items])  # [N, 3, H, W] in [-1, 1]
         self.captions = [c for _, c in items]
+        scene = getattr(dataset, "scene", None)
+        self.scenes = [scene(i) for i in range(len(dataset))] if scene else None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -106,6 +115,39 @@ def batch(
     """The batch of a training step: images [B, 3, H, W] in [-1, 1] and their captions."""
     items = [dataset[i] for i in batch_indices(len(dataset), batch_size, step, seed)]
     return torch.stack([x for x, _ in items]), [c for _, c in items]
+
+
+def word_tokens(tokenizer: CLIPTokenizer, caption: str) -> list[int]:
+    """The token index of each word of the caption: its last token (which has read the whole word)."""
+    # the start token is index 0, so a word whose last token is the n-th of the caption is at n
+    return list(itertools.accumulate(len(tokenizer.encode(w)) - 2 for w in caption.split()))
+
+
+def grounding_targets(
+    dataset: RenderedDataset, tokenizer: CLIPTokenizer, side: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every scene, the token of each colour and shape word (0: none) [N, 4] and how much the
+    object(s) it names cover each cell of the side x side latent grid [N, 4, side * side]."""
+    tokens = torch.zeros(len(dataset), 4, dtype=torch.long)
+    masks = torch.zeros(len(dataset), 4, side * side)
+    for i, scene in enumerate(dataset.scenes):
+        positions = word_tokens(tokenizer, scene.caption)
+        for j, (word, shapes) in enumerate(scene.object_words()):
+            tokens[i, j] = positions[word]
+            cover = np.max([shape_coverage(scene.shapes[k], side) for k in shapes], axis=0)  # [side, side]
+            masks[i, j] = torch.from_numpy(cover).flatten()
+    return tokens, masks
+
+
+def grounding_loss(maps: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's token loss: (1 - the share of a word's attention that falls on its object)^2.
+
+    maps [B, HW, L] (cross-attention weights), tokens [B, K] (0: none), masks [B, K, HW] -> a scalar.
+    """
+    attention = maps.gather(2, tokens[:, None, :].expand(-1, maps.shape[1], -1)).transpose(1, 2)  # [B, K, HW]
+    inside = (attention * masks).sum(-1) / attention.sum(-1).clamp_min(1e-8)  # [B, K]
+    used = tokens > 0
+    return ((1 - inside[used]) ** 2).mean() if used.any() else maps.new_zeros(())
 
 
 @torch.inference_mode()
@@ -178,9 +220,15 @@ def train_text_to_image(
     ema_decay: float = 0.999,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
+    mask_text_padding: bool = False,
+    grounding_weight: float = 0.0,
     progress: bool = True,
 ) -> dict:
     """Train the UNet and text encoder on the noise-prediction loss; returns EMA models and losses.
+
+    `mask_text_padding` hides the padding after EOT from the UNet's cross-attention (then sample
+    with a pipeline whose `mask_text_padding` is set too). `grounding_weight` adds that times
+    `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset).
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
     again with the same directory resumes where it stopped.
@@ -208,6 +256,13 @@ def train_text_to_image(
         dataset = RenderedDataset(dataset, progress)
     # the autoencoder is frozen from here on: encode every scene once
     posteriors = encode_posteriors(vae, dataset.images)  # [N, 8, h, w]
+    side = posteriors.shape[-1]
+    if grounding_weight:
+        if dataset.scenes is None:
+            raise ValueError(
+                "grounding_weight needs a ShapesDataset: its scenes say where each word's object is"
+            )
+        word_tokens, word_masks = grounding_targets(dataset, tokenizer, side)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
@@ -222,8 +277,16 @@ def train_text_to_image(
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
-        pred = unet(noisy, t, text_encoder(tokenizer(captions)))
+        ids = tokenizer(captions)  # [B, 77]
+        mask = tokenizer.attention_mask(ids) if mask_text_padding else None
+        with recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as maps:
+            pred = unet(noisy, t, text_encoder(ids), mask)
         loss = F.mse_loss(pred, noise)
+        if grounding_weight:
+            tokens = word_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
+            loss = loss + grounding_weight * grounding_loss(
+                torch.stack(maps).mean(0), tokens, word_masks[idx]
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -251,8 +314,19 @@ def train_text_to_image(
     return {"unet": ema_unet.model, "text_encoder": ema_text.model, "losses": state["losses"]}
 
 
-def save_model(folder: str | os.PathLike, unet, text_encoder, vae, tokenizer, dtype=torch.float16) -> None:
-    """Write the model in the diffusers folder layout (model_index.json + one folder per part)."""
+def save_model(
+    folder: str | os.PathLike,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    dtype: torch.dtype = torch.float16,
+    mask_text_padding: bool = False,
+) -> None:
+    """Write the model in the diffusers folder layout (model_index.json + one folder per part).
+
+    `mask_text_padding` is recorded in model_index.json, where `StableDiffusionPipeline` reads it.
+    """
     folder = Path(folder)
     for name, model in [("unet", unet), ("text_encoder", text_encoder), ("vae", vae)]:
         copy.deepcopy(model).to(dtype).save_pretrained(folder / name)
@@ -267,8 +341,16 @@ def save_model(folder: str | os.PathLike, unet, text_encoder, vae, tokenizer, dt
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", "DDIMScheduler"],
+        "mask_text_padding": mask_text_padding,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def default_checkpoint_dir(folder: Path) -> Path:
+    """Where `train_tiny_model` keeps the checkpoints of a run writing to `folder`: in the cache,
+    one directory per output folder, never inside it (it may be the package)."""
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
+    return cache_dir() / "checkpoints" / f"{folder.name}-{key}"
 
 
 def train_tiny_model(
@@ -279,16 +361,18 @@ def train_tiny_model(
     num_scenes: int = 20_000,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
+    mask_text_padding: bool = True,
+    grounding_weight: float = 0.01,
     progress: bool = True,
 ) -> dict:
     """The whole recipe: autoencoder, its scaling factor, then UNet + text encoder; saved to `folder`.
 
     `num_scenes` training scenes are drawn once into memory. Checkpoints go to `checkpoint_dir`
-    (default `folder/checkpoints`); running again with the same directory resumes. Returns the loss
-    histories and the scaling factor.
+    (default: one folder per output folder under `~/.cache/minisd/checkpoints`); running again with
+    the same directory resumes. Returns the loss histories and the scaling factor.
     """
     folder = Path(folder)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else folder / "checkpoints"
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(folder)
     torch.manual_seed(seed)
     dataset = RenderedDataset(ShapesDataset(length=num_scenes, seed=seed), progress)
     vae_dir = checkpoint_dir / "vae"
@@ -306,7 +390,10 @@ def train_tiny_model(
     tokenizer = CLIPTokenizer()
     result = train_text_to_image(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size,
-        checkpoint_dir=checkpoint_dir, progress=progress,
+        checkpoint_dir=checkpoint_dir, mask_text_padding=mask_text_padding, grounding_weight=grounding_weight,
+        progress=progress,
     )  # fmt: skip
-    save_model(folder, result["unet"], result["text_encoder"], vae, tokenizer)
+    save_model(
+        folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
+    )
     return {"vae_losses": vae_losses, "losses": result["losses"], "scaling_factor": vae.scaling_factor}

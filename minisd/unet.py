@@ -190,9 +190,22 @@ class UNet2DConditionModel(ModelMixin):
         sample: torch.Tensor,
         timestep: torch.Tensor | int | float,
         encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict the noise. sample: [B, C, H, W]; timestep: a number, 0-d or [B]; text: [B, L, D]."""
+        """Predict the noise. sample: [B, C, H, W]; timestep: a number, 0-d or [B]; text: [B, L, D].
+
+        `encoder_attention_mask` [B, L] (1/True: read the token, 0/False: hide it, e.g. padding)
+        limits the cross-attention; None reads all L tokens, as SD v1.x does.
+        """
         self._check_inputs(sample, encoder_hidden_states)
+        mask = encoder_attention_mask
+        if mask is not None:
+            if mask.shape != encoder_hidden_states.shape[:2]:
+                raise ValueError(
+                    f"encoder_attention_mask has shape {tuple(mask.shape)}; expected [B, L] = "
+                    f"{list(encoder_hidden_states.shape[:2])}, one flag per text token"
+                )
+            mask = mask.bool()[:, None, None, :]  # [B, 1, 1, L]: the same for every head and position
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device)
         if t.ndim > 1 or t.numel() not in (1, b):
@@ -205,11 +218,11 @@ class UNet2DConditionModel(ModelMixin):
         x = self.conv_in(sample)  # [B, C0, H, W]
         skips = (x,)
         for block in self.down_blocks:
-            x, block_skips = block(x, temb, encoder_hidden_states)
+            x, block_skips = block(x, temb, encoder_hidden_states, mask)
             skips += block_skips
-        x = self.mid_block(x, temb, encoder_hidden_states)
+        x = self.mid_block(x, temb, encoder_hidden_states, mask)
         for block in self.up_blocks:
             k = len(block.resnets)
-            x = block(x, skips[-k:], temb, encoder_hidden_states)
+            x = block(x, skips[-k:], temb, encoder_hidden_states, mask)
             skips = skips[:-k]
         return self.conv_out(self.conv_act(self.conv_norm_out(x)))  # [B, out_channels, H, W]

@@ -64,7 +64,11 @@ class DownBlock2D(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = ()
         for resnet in self.resnets:
@@ -107,11 +111,15 @@ class CrossAttnDownBlock2D(DownBlock2D):
         )
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = ()
         for resnet, attention in zip(self.resnets, self.attentions, strict=True):
-            x = attention(resnet(x, temb), encoder_hidden_states)
+            x = attention(resnet(x, temb), encoder_hidden_states, encoder_attention_mask)
             skips += (x,)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -145,10 +153,14 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.resnets[0](x, temb)
-        return self.resnets[1](self.attentions[0](x, encoder_hidden_states), temb)
+        return self.resnets[1](self.attentions[0](x, encoder_hidden_states, encoder_attention_mask), temb)
 
 
 class UpBlock2D(nn.Module):
@@ -190,6 +202,7 @@ class UpBlock2D(nn.Module):
         skips: tuple[torch.Tensor, ...],
         temb: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
             x = resnet(torch.cat([x, skip], dim=1), temb)  # [B, C_x + C_skip, H, W] -> [B, C_out, H, W]
@@ -232,7 +245,9 @@ class CrossAttnUpBlock2D(UpBlock2D):
         skips: tuple[torch.Tensor, ...],
         temb: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = attention(resnet(torch.cat([x, skip], dim=1), temb), encoder_hidden_states)
+            x = resnet(torch.cat([x, skip], dim=1), temb)
+            x = attention(x, encoder_hidden_states, encoder_attention_mask)
         return x if self.upsamplers is None else self.upsamplers[0](x)

@@ -90,8 +90,29 @@ def test_reader_tolerates_the_blur_of_generated_pictures():
 
 
 def test_shape_classifier_on_ideal_masks():
-    from minisd.data.shapes import _mask, classify_shape
+    from minisd.data.shapes import classify_shape, shape_mask
 
     for name in SHAPES:
         for size in (0.3, 0.5):
-            assert classify_shape(_mask(Shape("red", name, 0.5, 0.5, size), 32)) == name
+            assert classify_shape(shape_mask(Shape("red", name, 0.5, 0.5, size), 32)) == name
+
+
+def test_object_words_name_the_objects():
+    rng = random.Random(5)
+    for _ in range(300):
+        scene = random_scene(rng)
+        words = scene.caption.split()
+        named = scene.object_words()
+        assert len(named) == (4 if scene.relation else 2)
+        for index, shapes in named:
+            for shape in (scene.shapes[k] for k in shapes):
+                assert words[index] in (shape.color, shape.shape, shape.shape + "s")
+
+
+def test_shape_coverage_is_the_area():
+    from minisd.data.shapes import shape_coverage
+
+    for name, area in [("circle", np.pi / 4), ("square", 1.0), ("triangle", 0.5)]:  # of the bounding box
+        cover = shape_coverage(Shape("red", name, 0.5, 0.5, 0.5), 8, supersample=16)
+        assert cover.min() >= 0 and cover.max() <= 1
+        assert abs(cover.sum() / 64 - area * 0.25) < 0.01, name

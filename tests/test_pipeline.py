@@ -133,6 +133,36 @@ def test_prompt_embeds_and_output_types(pipe, ref):
     assert max_diff(got, want) < 2e-3
 
 
+def test_mask_text_padding_equals_cutting_the_text(folder, pipe, tmp_path):
+    """A pipeline whose model_index.json sets mask_text_padding (chapter 07's tiny model) hides the
+    padding after EOT from the UNet: the images of text embeddings cut to the prompt's own tokens."""
+    import json
+
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (tmp_path / part).symlink_to(folder / part)
+    index = json.loads((folder / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "mask_text_padding": True}))
+    masked = StableDiffusionPipeline.from_pretrained(tmp_path, device="cpu")
+    assert masked.mask_text_padding and not pipe.mask_text_padding
+
+    def cut(text):  # [1, n, 48]: the embeddings of SOT ... EOT only
+        with torch.inference_mode():
+            return pipe.text_encoder(pipe.tokenizer(text))[:, : len(pipe.tokenizer.encode(text))]
+
+    prompts, negatives = ["a red cube", "two small blue spheres"], ["a dark room", "a big green pyramid"]
+    assert [len(pipe.tokenizer.encode(t)) for t in prompts + negatives] == [5, 6, 5, 6]
+    x = latents(4)
+    got = run_ours(masked, prompt=prompts, negative_prompt=negatives, latents=x, num_images_per_prompt=2)
+    for i in range(2):  # one prompt at a time: the cut embeddings differ in length
+        kwargs = dict(prompt_embeds=cut(prompts[i]), negative_prompt_embeds=cut(negatives[i]))
+        want = run_ours(pipe, latents=x[2 * i : 2 * i + 2], num_images_per_prompt=2, **kwargs)
+        assert max_diff(got[2 * i : 2 * i + 2], want) < 1e-4
+    unmasked = run_ours(pipe, prompt=prompts, negative_prompt=negatives, latents=x, num_images_per_prompt=2)
+    assert max_diff(got, unmasked) > 1e-3  # the padding is read otherwise
+    with pytest.raises(ValueError, match="needs the token ids"), torch.inference_mode():
+        run_ours(masked, prompt_embeds=pipe.text_encoder(pipe.tokenizer(prompts[0])))
+
+
 def test_output_types(pipe):
     kwargs = dict(prompt=PROMPT, latents=latents(), num_inference_steps=1)
     got = run_ours(pipe, **kwargs)

@@ -200,6 +200,7 @@ def test_ids_match_transformers_on_sd_prompts(tok, hf_tok):
     ref = hf_tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     assert ours.shape == (len(PROMPTS), 77)
     assert ours.tolist() == ref.input_ids.tolist()
+    assert tok.attention_mask(ours).long().tolist() == ref.attention_mask.tolist()  # 1 up to EOT
 
 
 @settings(max_examples=300, deadline=None)

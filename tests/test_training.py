@@ -9,7 +9,16 @@ from minisd.data.shapes import ShapesDataset
 from minisd.evaluate import evaluate_adherence
 from minisd.pipeline import StableDiffusionPipeline
 from minisd.tokenizer import CLIPTokenizer
-from minisd.training import TINY_CONFIGS, save_model, train_autoencoder, train_text_to_image
+from minisd.training import (
+    TINY_CONFIGS,
+    RenderedDataset,
+    default_checkpoint_dir,
+    grounding_loss,
+    save_model,
+    train_autoencoder,
+    train_text_to_image,
+    word_tokens,
+)
 from minisd.unet import UNet2DConditionModel
 from minisd.vae import AutoencoderKL
 
@@ -45,15 +54,80 @@ def test_resumed_training_equals_uninterrupted(parts, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_masked_training_hides_the_padding(parts):
+    """With mask_text_padding the UNet never reads the padding: training on captions whose padding
+    embeddings are scrambled gives the same losses; without the mask it does not."""
+    vae, tok = parts
+    data = ShapesDataset(100)
+
+    class Scrambled(CLIPTextModel):  # a text encoder whose outputs after each caption's EOT are noise
+        def forward(self, ids, clip_skip=0):
+            out = super().forward(ids, clip_skip)
+            return torch.where(tok.attention_mask(ids)[..., None], out, torch.randn_like(out))
+
+    def losses(mask, scrambled):
+        unet, text = fresh_models()
+        if scrambled:
+            text.__class__ = Scrambled
+        kwargs = dict(batch_size=4, mask_text_padding=mask, progress=False)
+        return train_text_to_image(unet, text, vae, tok, data, 2, **kwargs)["losses"]
+
+    assert losses(True, False) == losses(True, True)
+    assert losses(False, False) != losses(False, True)
+
+
+def test_grounding_loss_by_hand():
+    maps = torch.tensor([[[0.1, 0.5, 0.4], [0.2, 0.3, 0.5], [0.3, 0.1, 0.6], [0.4, 0.1, 0.5]]])  # [1, 4, 3]
+    tokens = torch.tensor([[1, 2, 0]])  # token 1 and token 2; the third slot is empty
+    masks = torch.tensor([[[1.0, 1, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]])
+    # token 1 reads 0.5 + 0.3 of its 1.0 in its mask, token 2 reads 0.5 of its 2.0
+    want = ((1 - 0.8) ** 2 + (1 - 0.25) ** 2) / 2
+    assert abs(grounding_loss(maps, tokens, masks).item() - want) < 1e-6
+    assert grounding_loss(maps, torch.zeros_like(tokens), masks).item() == 0
+
+
+def test_word_tokens_point_at_each_words_last_token(parts):
+    _, tok = parts
+    for caption in ["two blue triangles on a yellow background", "a red square left of a white circle"]:
+        ids = tok.encode(caption)
+        positions = word_tokens(tok, caption)
+        assert len(positions) == len(caption.split()) and positions[-1] == len(ids) - 2  # just before EOT
+        for word, p in zip(caption.split(), positions, strict=True):
+            assert word.endswith(tok.decode([ids[p]]))
+    assert word_tokens(tok, "two blue triangles")[2] == 4  # "triangles" is two tokens
+
+
+def test_grounded_training_runs_and_needs_scenes(parts):
+    vae, tok = parts
+    data = ShapesDataset(100)
+    result = train_text_to_image(*fresh_models(), vae, tok, data, 2, batch_size=4, grounding_weight=0.5,
+                                 progress=False)  # fmt: skip
+    plain = train_text_to_image(*fresh_models(), vae, tok, data, 2, batch_size=4, progress=False)
+    assert result["losses"][0] > plain["losses"][0]  # the same step, plus the grounding term
+    images = torch.zeros(4, 3, 32, 32)
+    unlabelled = torch.utils.data.TensorDataset(images, images)
+    with pytest.raises(ValueError, match="needs a ShapesDataset"):
+        train_text_to_image(*fresh_models(), vae, tok, RenderedDataset(unlabelled, progress=False), 1,
+                            batch_size=2, grounding_weight=0.5, progress=False)  # fmt: skip
+
+
+def test_checkpoints_stay_out_of_the_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
+    a, b = default_checkpoint_dir(tmp_path / "x" / "model"), default_checkpoint_dir(tmp_path / "y" / "model")
+    assert a.parent == b.parent == tmp_path / "cache" / "checkpoints" and a != b
+    assert a == default_checkpoint_dir(tmp_path / "x" / "model")  # the same folder resumes
+
+
 def test_saved_model_is_the_official_layout(parts, tmp_path):
     vae, tok = parts
     unet, text_encoder = fresh_models()
-    save_model(tmp_path, unet, text_encoder, vae, tok, dtype=torch.float32)
+    save_model(tmp_path, unet, text_encoder, vae, tok, dtype=torch.float32, mask_text_padding=True)
     reference = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 64)
     with torch.no_grad():
         torch.testing.assert_close(unet.eval()(x, t, ctx), reference(x, t, ctx).sample, rtol=1e-4, atol=1e-5)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path, device="cpu")
+    assert pipe.mask_text_padding
     images = pipe(
         "a red circle on a blue background", num_inference_steps=2, height=32, width=32, output_type="np"
     )

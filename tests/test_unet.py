@@ -42,6 +42,23 @@ def test_small_unet_matches_diffusers(config):
         assert relative_max_diff(got, want) < 1e-4
 
 
+def test_encoder_attention_mask_matches_diffusers():
+    """Hiding text tokens from the cross-attention (chapter 07's tiny model hides the padding)."""
+    ours, ref = build_pair(SMALL)
+    sample, text = torch.randn(3, 4, 16, 16), torch.randn(3, 77, 48)
+    mask = torch.arange(77) < torch.tensor([[4], [11], [77]])  # [3, 77]: 4, 11 and all tokens
+    with torch.no_grad():
+        got = ours(sample, 300, text, encoder_attention_mask=mask)
+        want = ref(sample, 300, text, encoder_attention_mask=mask.float()).sample
+        assert relative_max_diff(got, want) < 1e-4
+        # a hidden token has no effect: the output is that of the text cut to the visible tokens
+        assert relative_max_diff(got[1:2], ours(sample[1:2], 300, text[1:2, :11])) < 1e-5
+        assert relative_max_diff(got[2:], ours(sample[2:], 300, text[2:])) < 1e-6
+        assert relative_max_diff(got[:1], ours(sample[:1], 300, text[:1])) > 1e-3
+    with pytest.raises(ValueError, match=r"encoder_attention_mask has shape \(3, 76\)"):
+        ours(sample, 300, text, encoder_attention_mask=mask[:, 1:])
+
+
 def test_timestep_changes_the_output():
     ours, _ = build_pair(SMALL)
     sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 48)
@@ -117,7 +134,8 @@ def test_full_v15_unet_matches_diffusers():
     assert relative_max_diff(got, want) < 1e-4
 
 
-def test_cross_attention_maps_match_diffusers_attention_probabilities():
+@pytest.mark.parametrize("masked", [False, True], ids=["all-tokens", "padding-masked"])
+def test_cross_attention_maps_match_diffusers_attention_probabilities(masked):
     """The maps chapters 04 and 07 draw: diffusers' own softmax weights, recorded by a processor."""
     from diffusers.models.attention_processor import AttnProcessor
 
@@ -126,23 +144,28 @@ def test_cross_attention_maps_match_diffusers_attention_probabilities():
     recorded = []
 
     class Recorder(AttnProcessor):
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
             if encoder_hidden_states is not None and hidden_states.shape[1] == 8 * 8:
+                b, n = hidden_states.shape[:2]
+                bias = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], b)
                 q = attn.head_to_batch_dim(attn.to_q(hidden_states))  # [B*h, HW, d]
                 k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-                probs = attn.get_attention_scores(q, k, None)  # [B*h, HW, L]
-                recorded.append(probs.unflatten(0, (hidden_states.shape[0], attn.heads)).mean(1))
-            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+                probs = attn.get_attention_scores(q, k, bias)  # [B*h, HW, L]
+                recorded.append(probs.unflatten(0, (b, attn.heads)).mean(1))
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
     ours, ref = build_pair(SMALL)
     ref.set_attn_processor(Recorder())
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, SMALL["cross_attention_dim"])
+    mask = (torch.arange(77) < torch.tensor([[5], [9]])) if masked else None  # [2, 77]
     with torch.no_grad():
-        ref(sample, 500, text)
-    maps = cross_attention_maps(ours, sample, 500, text, side=8)  # [2, 8, 8, 77]
+        ref(sample, 500, text, encoder_attention_mask=mask)
+    maps = cross_attention_maps(ours, sample, 500, text, side=8, encoder_attention_mask=mask)  # [2, 8, 8, 77]
     want = torch.stack(recorded).mean(0).unflatten(1, (8, 8))
     assert maps.shape == (2, 8, 8, 77) and len(recorded) == 5  # down_blocks.1 (2), up_blocks.2 (3)
     torch.testing.assert_close(maps, want, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(maps.sum(-1), torch.ones(2, 8, 8))
+    if masked:
+        assert maps[0, ..., 5:].max() == 0 and maps[1, ..., 9:].max() == 0 and maps[1, ..., 8].min() > 0
     with pytest.raises(ValueError, match="5x5 grid"):
         cross_attention_maps(ours, sample, 500, text, side=5)

@@ -66,6 +66,14 @@ class ShapeScene:
             return f"two {a.color} {a.shape}s {bg}"
         return f"a {a.color} {a.shape} {self.relation} a {b.color} {b.shape} {bg}"
 
+    def object_words(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(index of the word in caption.split(), the shapes it names) for each colour and shape word."""
+        if self.relation is None:  # "a red circle on ..." or "two red circles on ..."
+            both = tuple(range(len(self.shapes)))
+            return [(1, both), (2, both)]
+        r = len(self.relation.split())  # "a red circle left of a blue square on ..."
+        return [(1, (0,)), (2, (0,)), (4 + r, (1,)), (5 + r, (1,))]
+
     def is_held_out(self) -> bool:
         return any((s.color, s.shape) in HELD_OUT for s in self.shapes)
 
@@ -112,7 +120,7 @@ def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
     return ShapeScene(background, shapes, relation)
 
 
-def _mask(shape: Shape, n: int) -> np.ndarray:
+def shape_mask(shape: Shape, n: int) -> np.ndarray:
     """Boolean [n, n] mask of one shape on an n x n grid (pixel centres)."""
     y, x = (np.mgrid[0:n, 0:n] + 0.5) / n
     dx, dy, r = x - shape.cx, y - shape.cy, shape.size / 2
@@ -124,13 +132,19 @@ def _mask(shape: Shape, n: int) -> np.ndarray:
     return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
 
 
+def shape_coverage(shape: Shape, n: int, supersample: int = 4) -> np.ndarray:
+    """How much of each cell of an n x n grid the shape covers: float [n, n] in [0, 1]."""
+    fine = shape_mask(shape, n * supersample).reshape(n, supersample, n, supersample)
+    return fine.mean(axis=(1, 3))
+
+
 def render_scene(scene: ShapeScene, size: int = 32, supersample: int = 4) -> np.ndarray:
     """Draw a scene as uint8 [size, size, 3], anti-aliased by drawing `supersample` x larger."""
     n = size * supersample
     img = np.empty((n, n, 3), np.float32)
     img[:] = COLORS[scene.background]
     for s in scene.shapes:
-        img[_mask(s, n)] = COLORS[s.color]
+        img[shape_mask(s, n)] = COLORS[s.color]
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     return img.round().astype(np.uint8)
 
