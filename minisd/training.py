@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import random
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -369,8 +370,10 @@ def train_tiny_model(
 
     `num_scenes` training scenes are drawn once into memory. Checkpoints go to `checkpoint_dir`
     (default: one folder per output folder under `~/.cache/minisd/checkpoints`); running again with
-    the same directory resumes. Returns the loss histories and the scaling factor.
+    the same directory resumes. Returns the loss histories and the scaling factor, which are also
+    written, with the recipe and the seconds this call took, to `folder/training_log.json`.
     """
+    start = time.time()
     folder = Path(folder)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(folder)
     torch.manual_seed(seed)
@@ -396,4 +399,14 @@ def train_tiny_model(
     save_model(
         folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
     )
-    return {"vae_losses": vae_losses, "losses": result["losses"], "scaling_factor": vae.scaling_factor}
+    recipe = dict(vae_steps=vae_steps, steps=steps, batch_size=batch_size, num_scenes=num_scenes, seed=seed)
+    log = {
+        "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
+        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        "recipe": {**recipe, "mask_text_padding": mask_text_padding, "grounding_weight": grounding_weight},
+        "scaling_factor": vae.scaling_factor,
+        "vae_losses": [round(x, 5) for x in vae_losses],
+        "losses": [round(x, 5) for x in result["losses"]],
+    }
+    (folder / "training_log.json").write_text(json.dumps(log))
+    return log

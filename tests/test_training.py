@@ -17,6 +17,7 @@ from minisd.training import (
     save_model,
     train_autoencoder,
     train_text_to_image,
+    train_tiny_model,
     word_tokens,
 )
 from minisd.unet import UNet2DConditionModel
@@ -109,6 +110,22 @@ def test_grounded_training_runs_and_needs_scenes(parts):
     with pytest.raises(ValueError, match="needs a ShapesDataset"):
         train_text_to_image(*fresh_models(), vae, tok, RenderedDataset(unlabelled, progress=False), 1,
                             batch_size=2, grounding_weight=0.5, progress=False)  # fmt: skip
+
+
+def test_train_tiny_model_writes_the_model_and_its_log(tmp_path, monkeypatch):
+    import json
+
+    from minisd.assets import find_clip_bpe
+
+    monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))  # the vocabulary stays where it is
+    monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    log = train_tiny_model(folder, vae_steps=2, steps=2, batch_size=4, num_scenes=40, progress=False)
+    assert json.loads((folder / "training_log.json").read_text()) == log
+    assert len(log["vae_losses"]) == len(log["losses"]) == 2 and log["recipe"]["grounding_weight"] == 0.01
+    assert (default_checkpoint_dir(folder) / "training_state.pt").is_file()
+    assert not (folder / "checkpoints").exists()
+    assert StableDiffusionPipeline.from_pretrained(folder, device="cpu").mask_text_padding
 
 
 def test_checkpoints_stay_out_of_the_output_folder(tmp_path, monkeypatch):
