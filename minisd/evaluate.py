@@ -98,16 +98,18 @@ def attention_binding(
     ids = pipe.tokenizer([s.caption for s in scenes]).to(pipe.device)
     mask = pipe.tokenizer.attention_mask(ids) if pipe.mask_text_padding else None
     context = pipe.text_encoder(ids)  # [N, 77, D]
+    positions, regions = [], []  # per scene: each word's token; the cells only one object covers
+    for scene in scenes:
+        positions.append(word_tokens(pipe.tokenizer, scene.caption))
+        first, second = (shape_coverage(s, side) > 0.5 for s in scene.shapes)
+        regions.append([torch.from_numpy(first & ~second), torch.from_numpy(second & ~first)])
     wins, ratios, shares = [], [], []
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + t)).to(latents)
         t = torch.tensor([t], device=pipe.device)
         noisy = pipe.scheduler.add_noise(latents, noise, t)
         maps = cross_attention_maps(pipe.unet, noisy, t, context, side, mask).float().cpu()  # [N, h, w, 77]
-        for scene, attention in zip(scenes, maps, strict=True):
-            tokens = word_tokens(pipe.tokenizer, scene.caption)
-            first, second = (shape_coverage(s, side) > 0.5 for s in scene.shapes)
-            only = [torch.from_numpy(first & ~second), torch.from_numpy(second & ~first)]
+        for scene, attention, tokens, only in zip(scenes, maps, positions, regions, strict=True):
             for word, (k,) in scene.object_words():
                 a = attention[..., tokens[word]]  # [h, w]
                 own, other = a[only[k]].mean(), a[only[1 - k]].mean()

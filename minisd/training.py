@@ -263,7 +263,7 @@ def train_text_to_image(
             raise ValueError(
                 "grounding_weight needs a ShapesDataset: its scenes say where each word's object is"
             )
-        word_tokens, word_masks = grounding_targets(dataset, tokenizer, side)
+        ground_tokens, ground_masks = grounding_targets(dataset, tokenizer, side)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
@@ -284,9 +284,9 @@ def train_text_to_image(
             pred = unet(noisy, t, text_encoder(ids), mask)
         loss = F.mse_loss(pred, noise)
         if grounding_weight:
-            tokens = word_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
+            tokens = ground_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
             loss = loss + grounding_weight * grounding_loss(
-                torch.stack(maps).mean(0), tokens, word_masks[idx]
+                torch.stack(maps).mean(0), tokens, ground_masks[idx]
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
