@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minisd.checkpoint import CONFIG_DIR
-from minisd.env import get_device
-from minisd.pipeline import StableDiffusionPipeline
-from minisd.tokenizer import CLIPTokenizer
+from minisd.device import get_device
+from minisd.loading.configs import CONFIG_DIR
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.pipelines import StableDiffusionPipeline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--weights", help="a diffusers SD v1.5 folder (default: random weights, see --size)")
     parser.add_argument("--size", choices=["sd15", "tiny"], default="sd15", help="random-weight model size")
-    parser.add_argument("--device", default=None, help="default: minisd.env.get_device()")
+    parser.add_argument("--device", default=None, help="default: minisd.get_device()")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp16")
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=512)

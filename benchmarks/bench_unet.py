@@ -52,7 +52,10 @@ def build_models(device: torch.device, dtype: torch.dtype, compile_models: bool)
     """diffusers' UNet with random v1.5 weights, and minisd's UNet holding the very same tensors."""
     from diffusers import UNet2DConditionModel as RefUNet
 
-    from minisd.unet import SD15_CONFIG, UNet2DConditionModel
+    from minisd.loading import sd15_config
+    from minisd.models.unet import UNet2DConditionModel
+
+    SD15_CONFIG = sd15_config("unet")
 
     ref = RefUNet.from_config(SD15_CONFIG).to(device=device, dtype=dtype).eval()
     with torch.device("meta"):

@@ -14,7 +14,7 @@ import time
 import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 
-from minisd.vae import AutoencoderKL
+from minisd.models.vae import AutoencoderKL
 
 SD15_VAE = {
     "act_fn": "silu",

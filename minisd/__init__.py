@@ -7,9 +7,12 @@
 The parts carry diffusers' and transformers' names, so the official weights load with no renaming.
 """
 
-from minisd.clip import CLIPTextModel
-from minisd.env import get_device
-from minisd.pipeline import StableDiffusionPipeline
+from minisd.device import get_device
+from minisd.models.clip import CLIPTextModel
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.models.unet import UNet2DConditionModel
+from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
+from minisd.pipelines import StableDiffusionPipeline
 from minisd.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -20,9 +23,6 @@ from minisd.schedulers import (
     PNDMScheduler,
     get_scheduler,
 )
-from minisd.tokenizer import CLIPTokenizer
-from minisd.unet import UNet2DConditionModel
-from minisd.vae import AutoencoderKL, DiagonalGaussianDistribution
 
 __all__ = [
     "AutoencoderKL",

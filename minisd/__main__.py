@@ -1,4 +1,4 @@
-"""Command line: `python -m minisd setup | sync-chapters | convert | generate | evaluate | train-tiny`."""
+"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512,
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
-    from minisd.assets import fetch_clip_bpe
-    from minisd.env import print_environment
+    from minisd.book.env import print_environment
+    from minisd.loading.assets import fetch_clip_bpe
 
     print_environment()
     path = fetch_clip_bpe(force=args.force)
     print(f"CLIP BPE vocabulary: {path}")
-    from minisd.tokenizer import CLIPTokenizer
+    from minisd.models.tokenizer import CLIPTokenizer
 
     prompt = "a photograph of an astronaut riding a horse"
     ids = CLIPTokenizer.from_pretrained(path).encode(prompt)
@@ -25,17 +25,10 @@ def cmd_setup(args: argparse.Namespace) -> None:
     print("tokenizer check: ok")
 
 
-def cmd_sync_chapters(args: argparse.Namespace) -> None:
-    from minisd.notebooks import sync_chapters
-
-    for path, n in sync_chapters(write=not args.check).items():
-        print(f"{path}: {n} marked cell(s) {'differ' if args.check else 'rewritten'}")
-
-
 def cmd_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from minisd.checkpoint import FILE_SUFFIXES, folder_to_single_file, single_file_to_folder
+    from minisd.loading import FILE_SUFFIXES, folder_to_single_file, single_file_to_folder
 
     src, dst = Path(args.src), Path(args.dst)
     if src.is_dir():
@@ -55,8 +48,8 @@ def _load_pipeline(args: argparse.Namespace):
     """The pipeline of --weights, or the packaged tiny shapes model when none is given."""
     import torch
 
-    from minisd.assets import tiny_model_path
-    from minisd.pipeline import StableDiffusionPipeline
+    from minisd.pipelines import StableDiffusionPipeline
+    from minisd.shapes import tiny_model_path
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     weights = args.weights or tiny_model_path()
@@ -69,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
-    from minisd.training import TINY_SAMPLING
+    from minisd.shapes import TINY_SAMPLING
 
     pipe = _load_pipeline(args)
     # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
@@ -94,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from minisd.evaluate import attention_binding, evaluate_adherence, format_rows, plot_rows
+    from minisd.metrics import attention_binding, evaluate_adherence, format_rows, plot_rows
 
     pipe = _load_pipeline(args)
     rows = evaluate_adherence(
@@ -114,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from minisd.assets import TINY_MODEL
+    from minisd.shapes import TINY_MODEL
     from minisd.training import train_tiny_model
 
     folder = args.output or TINY_MODEL
@@ -139,9 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("setup", help="fetch CLIP's BPE vocabulary and check the installation")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(func=cmd_setup)
-    p = sub.add_parser("sync-chapters", help="rewrite the marked chapter cells from the package")
-    p.add_argument("--check", action="store_true", help="only report cells that differ")
-    p.set_defaults(func=cmd_sync_chapters)
     p = sub.add_parser("convert", help="diffusers folder <-> original single-file checkpoint (either way)")
     p.add_argument("src", help="a diffusers folder (model_index.json) or a .safetensors/.ckpt file")
     p.add_argument("dst", help="the file (.safetensors or .ckpt) or folder to write")

@@ -8,7 +8,7 @@ from diffusers.models.attention import BasicTransformerBlock as RefBasicTransfor
 from diffusers.models.attention import FeedForward as RefFeedForward
 from diffusers.models.transformers.transformer_2d import Transformer2DModel as RefTransformer2DModel
 
-from minisd.attention import GEGLU, BasicTransformerBlock, FeedForward, Transformer2DModel
+from minisd.models.attention import GEGLU, BasicTransformerBlock, FeedForward, Transformer2DModel
 
 
 def load_and_compare(ours, ref, *inputs, tol=1e-6):

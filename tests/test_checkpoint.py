@@ -1,4 +1,4 @@
-"""minisd.checkpoint: the original single-file layout <-> diffusers layout, checked against diffusers'
+"""minisd.loading: the original single-file layout <-> diffusers layout, checked against diffusers'
 own single-file loader and conversion functions on random-weight models."""
 
 import json
@@ -13,9 +13,9 @@ from diffusers.loaders.single_file_utils import (
 )
 from tiny_sd import SD15, TINY_UNET, TINY_VAE, diffusers_components, save_diffusers_pipeline
 
-from minisd import checkpoint as ck
+from minisd import loading as ck
 from minisd.__main__ import main
-from minisd.modeling import CheckpointError
+from minisd.loading import CheckpointError
 
 
 def assert_same(a: dict, b: dict):

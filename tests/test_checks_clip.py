@@ -2,7 +2,7 @@
 
 import math
 
-from minisd import checks
+from minisd.book import checks
 
 
 def head(x, w_q, w_k, w_v, mask, causal=True, scale=True):

@@ -1,7 +1,7 @@
 """Chapter 06's exercise checkers pass the reference and fail known-wrong versions."""
 
-from minisd import checks
-from minisd.pipeline import classifier_free_guidance
+from minisd.book import checks
+from minisd.pipelines import classifier_free_guidance
 
 
 def test_cfg_checker():

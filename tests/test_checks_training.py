@@ -2,7 +2,7 @@
 
 import torch.nn.functional as F
 
-from minisd import checks
+from minisd.book import checks
 
 
 def test_noise_prediction_loss_checker():

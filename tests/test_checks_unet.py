@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minisd import checks
+from minisd.book import checks
 
 
 def by_hand_attention(q, k, v):

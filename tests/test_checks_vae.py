@@ -2,7 +2,7 @@
 
 import torch
 
-import minisd.checks as checks
+from minisd.book import checks
 
 
 def sample(mean, logvar, eps):

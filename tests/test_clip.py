@@ -1,7 +1,6 @@
-"""minisd.clip.CLIPTextModel against transformers.CLIPTextModel with random weights."""
+"""minisd.models.clip.CLIPTextModel against transformers.CLIPTextModel with random weights."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,10 +8,10 @@ import transformers
 from conftest import relative_max_diff
 from safetensors.torch import load_file, save_file
 
-from minisd.clip import CLIPTextModel
-from minisd.modeling import CheckpointError
+from minisd.loading import CheckpointError, sd15_config
+from minisd.models.clip import CLIPTextModel
 
-SD15 = json.loads(Path("/work/shared/sd15-configs/text_encoder.json").read_text())
+SD15 = sd15_config("text_encoder")
 SMALL = {
     **SD15,
     "hidden_size": 64,
@@ -99,7 +98,7 @@ def test_attention_probs_are_causal_and_match_the_layer():
 def test_quick_gelu_matches_transformers():
     from transformers.activations import ACT2FN
 
-    from minisd.clip import quick_gelu
+    from minisd.models.clip import quick_gelu
 
     x = torch.linspace(-6, 6, 101)
     torch.testing.assert_close(quick_gelu(x), ACT2FN["quick_gelu"](x))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minisd.data.shapes import (
+from minisd.shapes import (
     HELD_OUT,
     SHAPES,
     Shape,
@@ -90,7 +90,7 @@ def test_reader_tolerates_the_blur_of_generated_pictures():
 
 
 def test_shape_classifier_on_ideal_masks():
-    from minisd.data.shapes import classify_shape, shape_mask
+    from minisd.shapes import classify_shape, shape_mask
 
     for name in SHAPES:
         for size in (0.3, 0.5):
@@ -110,7 +110,7 @@ def test_object_words_name_the_objects():
 
 
 def test_shape_coverage_is_the_area():
-    from minisd.data.shapes import shape_coverage
+    from minisd.shapes import shape_coverage
 
     for name, area in [("circle", np.pi / 4), ("square", 1.0), ("triangle", 0.5)]:  # of the bounding box
         cover = shape_coverage(Shape("red", name, 0.5, 0.5, 0.5), 8, supersample=16)

@@ -9,9 +9,9 @@ from diffusers.models.embeddings import get_timestep_embedding as ref_timestep_e
 from diffusers.models.resnet import ResnetBlock2D as RefResnetBlock2D
 from diffusers.models.upsampling import Upsample2D as RefUpsample2D
 
-from minisd.attention import Attention
-from minisd.embeddings import TimestepEmbedding, get_timestep_embedding
-from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from minisd.models.attention import Attention
+from minisd.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
 def assert_same(ours, ref, *inputs, atol=1e-5):

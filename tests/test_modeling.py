@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from minisd.modeling import CheckpointError, ModelMixin, load_safetensors
+from minisd.loading import CheckpointError, load_safetensors
+from minisd.models import ModelMixin
 
 
 class Tiny(ModelMixin):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minisd.notebooks import cell_differences, chapter_paths, hygiene_problems, marked_cells
+from tools.chapters import cell_differences, chapter_paths, hygiene_problems, marked_cells
 
 CHAPTERS = chapter_paths()
 MARKED = [(p, i, mod, src) for p in CHAPTERS for i, mod, src in marked_cells(p)]
@@ -13,7 +13,7 @@ def test_marked_cell_equals_package(path, index, module, source):
     differing = cell_differences(module, source)
     assert not differing, (
         f"{path.name} cell {index} shows {differing} differently from {module}: "
-        "run `python -m minisd sync-chapters`"
+        "run `python -m tools.chapters`"
     )
 
 
@@ -41,7 +41,7 @@ def test_sync_checker_catches_a_difference(tmp_path):
 def test_sync_keeps_decorators(tmp_path):
     import json
 
-    from minisd.notebooks import sync_chapters
+    from tools.chapters import sync_chapters
 
     (tmp_path / "minisd").mkdir()
     (tmp_path / "chapters").mkdir()

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from minisd.notebooks import ROOT, chapter_paths
+from tools.chapters import ROOT, chapter_paths
 
 CHAPTERS = chapter_paths()
 

@@ -17,10 +17,10 @@ from diffusers import StableDiffusionPipeline as RefPipeline
 from PIL import Image
 from tiny_sd import SD15, save_diffusers_pipeline
 
-from minisd import checkpoint as ck
+from minisd import loading as ck
 from minisd.__main__ import main
-from minisd.modeling import CheckpointError
-from minisd.pipeline import StableDiffusionPipeline
+from minisd.loading import CheckpointError
+from minisd.pipelines import StableDiffusionPipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SIZE = 64  # pixels; latents 8x8, the smallest the tiny UNet's three downsamplings allow

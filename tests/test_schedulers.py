@@ -10,23 +10,12 @@ import pytest
 import torch
 from conftest import relative_max_diff
 
-import minisd.checks
 import minisd.schedulers as ms
+from minisd.book import checks
+from minisd.loading import sd15_config
 
-# The official SD v1.5 scheduler/scheduler_config.json (shared/sd15-configs/scheduler.json).
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "prediction_type": "epsilon",
-}
+# The official SD v1.5 scheduler/scheduler_config.json, shipped in the package.
+SD15 = sd15_config("scheduler")
 NAMES = [
     "DDPMScheduler",
     "DDIMScheduler",
@@ -251,6 +240,6 @@ def _ddim_step_wrong(eps, x, alpha_bar_t, alpha_bar_prev):  # forgets the square
 
 
 def test_ddim_step_checker():
-    assert minisd.checks.ddim_step(_ddim_step_reference)
-    assert not minisd.checks.ddim_step(_ddim_step_wrong)
-    assert not minisd.checks.ddim_step(lambda eps, x, a, ap: x)
+    assert checks.ddim_step(_ddim_step_reference)
+    assert not checks.ddim_step(_ddim_step_wrong)
+    assert not checks.ddim_step(lambda eps, x, a, ap: x)

@@ -3,7 +3,7 @@
 import shutil
 import subprocess
 
-from minisd.notebooks import ROOT
+from tools.chapters import ROOT
 
 
 def test_ruff_clean():

@@ -5,10 +5,9 @@ import pytest
 from PIL import Image
 
 from minisd.__main__ import main
-from minisd.assets import tiny_model_path
-from minisd.evaluate import attention_binding, evaluate_adherence
-from minisd.pipeline import StableDiffusionPipeline
-from minisd.training import TINY_SAMPLING
+from minisd.metrics import attention_binding, evaluate_adherence
+from minisd.pipelines import StableDiffusionPipeline
+from minisd.shapes import TINY_SAMPLING, tiny_model_path
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +65,8 @@ def test_cli_evaluate_prints_the_table(capsys):
 
 
 def test_missing_packaged_model_names_the_fix(monkeypatch, tmp_path):
-    import minisd.assets
+    import minisd.shapes.tiny
 
-    monkeypatch.setattr(minisd.assets, "TINY_MODEL", tmp_path / "nothing")
+    monkeypatch.setattr(minisd.shapes.tiny, "TINY_MODEL", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="train-tiny"):
         tiny_model_path()

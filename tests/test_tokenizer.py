@@ -19,8 +19,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 
-from minisd import checks
-from minisd.tokenizer import (
+from minisd.book import checks
+from minisd.models.tokenizer import (
     CLIPTokenizer,
     bpe,
     bytes_to_unicode,
@@ -175,7 +175,7 @@ def test_astronaut_ids(tok):
 
 
 def test_loading_paths_agree(tok, saved_folder, tmp_path):
-    from minisd.assets import find_clip_bpe
+    from minisd.loading.assets import find_clip_bpe
 
     for other in [
         CLIPTokenizer.from_pretrained(saved_folder),

@@ -4,13 +4,15 @@ import diffusers
 import pytest
 import torch
 
-from minisd.clip import CLIPTextModel
-from minisd.data.shapes import ShapesDataset
-from minisd.evaluate import evaluate_adherence
-from minisd.pipeline import StableDiffusionPipeline
-from minisd.tokenizer import CLIPTokenizer
+from minisd.metrics import evaluate_adherence
+from minisd.models.attention_maps import word_tokens
+from minisd.models.clip import CLIPTextModel
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.models.unet import UNet2DConditionModel
+from minisd.models.vae import AutoencoderKL
+from minisd.pipelines import StableDiffusionPipeline
+from minisd.shapes import TINY_CONFIGS, ShapesDataset
 from minisd.training import (
-    TINY_CONFIGS,
     RenderedDataset,
     default_checkpoint_dir,
     grounding_loss,
@@ -18,10 +20,7 @@ from minisd.training import (
     train_autoencoder,
     train_text_to_image,
     train_tiny_model,
-    word_tokens,
 )
-from minisd.unet import UNet2DConditionModel
-from minisd.vae import AutoencoderKL
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_grounded_training_runs_and_needs_scenes(parts):
 def test_train_tiny_model_writes_the_model_and_its_log(tmp_path, monkeypatch):
     import json
 
-    from minisd.assets import find_clip_bpe
+    from minisd.loading.assets import find_clip_bpe
 
     monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))  # the vocabulary stays where it is
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))

@@ -7,8 +7,10 @@ import torch
 from conftest import relative_max_diff
 from diffusers import UNet2DConditionModel as RefUNet
 
-from minisd.unet import SD15_CONFIG as SD15
-from minisd.unet import UNet2DConditionModel
+from minisd.loading import sd15_config
+from minisd.models.unet import UNet2DConditionModel
+
+SD15 = sd15_config("unet")
 
 # v1.5's block structure at toy widths: 3 cross-attention down blocks + DownBlock2D, 8 heads
 SMALL = dict(
@@ -139,7 +141,7 @@ def test_cross_attention_maps_match_diffusers_attention_probabilities(masked):
     """The maps chapters 04 and 07 draw: diffusers' own softmax weights, recorded by a processor."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    from minisd.attention import cross_attention_maps
+    from minisd.models.attention_maps import cross_attention_maps
 
     recorded = []
 

@@ -5,22 +5,10 @@ import torch
 from conftest import relative_max_diff
 from diffusers import AutoencoderKL as RefAutoencoderKL
 
-from minisd.vae import AutoencoderKL, DiagonalGaussianDistribution, blend_seam
+from minisd.loading import sd15_config
+from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution, blend_seam
 
-SD15 = {  # the official v1.5 vae/config.json
-    "_class_name": "AutoencoderKL",
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 512,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "scaling_factor": 0.18215,
-}
+SD15 = sd15_config("vae")  # the official v1.5 vae/config.json, shipped in the package
 SMALL = {
     **SD15,
     "block_out_channels": [32, 64, 64],

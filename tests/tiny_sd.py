@@ -3,22 +3,13 @@ libraries (diffusers, transformers) and saved in the official diffusers layout, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from minisd.checkpoint import CONFIG_DIR
+from minisd.loading import sd15_config
 
-SD15 = {
-    n: json.loads((CONFIG_DIR / n / f).read_text())
-    for n, f in [
-        ("unet", "config.json"),
-        ("vae", "config.json"),
-        ("text_encoder", "config.json"),
-        ("scheduler", "scheduler_config.json"),
-    ]
-}
+SD15 = {n: sd15_config(n) for n in ("unet", "vae", "text_encoder", "scheduler")}
 TINY_UNET = {
     **SD15["unet"],
     "block_out_channels": [32, 32, 64, 64],
@@ -70,7 +61,7 @@ def save_diffusers_pipeline(folder: Path, scale: float | None = 0.05, **configs)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer as HFCLIPTokenizer
 
-    from minisd.tokenizer import CLIPTokenizer
+    from minisd.models.tokenizer import CLIPTokenizer
 
     unet, vae, text = diffusers_components(scale=scale, **configs)
     CLIPTokenizer().save_pretrained(folder / "tokenizer")

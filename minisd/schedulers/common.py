@@ -216,7 +216,7 @@ class SchedulerMixin:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike):
         """Build from a folder holding scheduler_config.json (a diffusers pipeline's `scheduler/`)."""
-        from minisd.modeling import read_config
+        from minisd.loading.state_dict import read_config
 
         return cls.from_config(read_config(folder))
 

@@ -1,9 +1,9 @@
 """Keeping the chapters honest: marked cells equal the package, committed notebooks are clean.
 
 A chapter cell that shows package code starts with a marker line such as
-`# minisd: minisd/resnet.py`; every top-level `def`/`class` in it must equal (by `ast`) the
-definition of the same name in that module. `python -m minisd sync-chapters` rewrites the
-marked cells from the package; `tests/test_notebook_sync.py` fails on any difference.
+`# minisd: minisd/models/resnet.py`; every top-level `def`/`class` in it must equal (by `ast`) the
+definition of the same name in that module. `python -m tools.chapters` rewrites the
+marked cells from the package (`--check` only lists them); `tests/test_notebook_sync.py` fails on any difference.
 """
 
 from __future__ import annotations
@@ -108,3 +108,17 @@ def hygiene_problems(nb_path: Path, max_bytes: int = 3_000_000) -> list[str]:
     elif counts != list(range(1, len(counts) + 1)):
         problems.append(f"execution counts are not 1..{len(counts)} in order: run it top to bottom")
     return problems
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tools.chapters", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only list the marked cells that differ")
+    args = parser.parse_args()
+    for path, n in sync_chapters(write=not args.check).items():
+        print(f"{path}: {n} marked cell(s) {'differ' if args.check else 'rewritten'}")
+
+
+if __name__ == "__main__":
+    main()

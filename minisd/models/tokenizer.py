@@ -24,7 +24,7 @@ import ftfy
 import regex
 import torch
 
-from minisd.assets import FETCH_COMMAND, find_clip_bpe
+from minisd.loading.assets import FETCH_COMMAND, find_clip_bpe
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"

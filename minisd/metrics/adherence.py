@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minisd.attention import cross_attention_maps
-from minisd.data.shapes import ShapeScene, ShapesDataset, render_scene, score_image, shape_coverage
-from minisd.training import word_tokens
+from minisd.models.attention_maps import cross_attention_maps, word_tokens
+from minisd.shapes import ShapeScene, ShapesDataset, render_scene, score_image, shape_coverage
 
 
 def adherence(images: np.ndarray, scenes: Sequence[ShapeScene]) -> dict[str, float]:

@@ -22,16 +22,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minisd.assets import hub_download
-from minisd.checkpoint import CONFIG_DIR, load_checkpoint, original_to_diffusers, read_configs
-from minisd.clip import CLIPTextModel
-from minisd.env import get_device
-from minisd.modeling import load_into, read_config
+from minisd.device import get_device
+from minisd.loading.assets import hub_download
+from minisd.loading.configs import CONFIG_DIR, read_configs
+from minisd.loading.single_file import load_checkpoint, original_to_diffusers
+from minisd.loading.state_dict import load_into, read_config
+from minisd.models.clip import CLIPTextModel
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.models.unet import UNet2DConditionModel
+from minisd.models.vae import AutoencoderKL
+from minisd.pipelines.image_processing import to_pil
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
-from minisd.tokenizer import CLIPTokenizer
-from minisd.unet import UNet2DConditionModel
-from minisd.vae import AutoencoderKL
-from minisd.viz import to_pil
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODELS = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}
@@ -104,7 +105,7 @@ class StableDiffusionPipeline:
 
         For a single file (`.safetensors` or `.ckpt`, never unpickling code), `config` names a
         diffusers-layout folder holding the configs; None means SD v1.5. `use_ema`: see
-        minisd.checkpoint. `device` defaults to `get_device()`, `dtype` to float32.
+        minisd.loading. `device` defaults to `get_device()`, `dtype` to float32.
         """
         if not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
             path = hub_download(str(path), variant)  # "owner/name": a model hub repository

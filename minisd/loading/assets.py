@@ -12,7 +12,6 @@ from pathlib import Path
 
 CLIP_BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 FETCH_COMMAND = "python -m minisd setup"
-TINY_MODEL = Path(__file__).parent / "weights" / "tiny_shapes"  # diffusers layout, trained by chapter 07
 
 
 def cache_dir() -> Path:
@@ -70,16 +69,6 @@ def fetch_clip_bpe(force: bool = False) -> Path:
     partial.write_bytes(data)
     partial.replace(target)
     return target
-
-
-def tiny_model_path() -> Path:
-    """The packaged tiny text-to-image model (the default of `python -m minisd generate`)."""
-    if not (TINY_MODEL / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the packaged tiny model is missing from {TINY_MODEL}; train it again with "
-            "`python -m minisd train-tiny` (about 30 minutes on 2 CPU cores), or pass --weights"
-        )
-    return TINY_MODEL
 
 
 def hub_download(repo_id: str, variant: str | None = None) -> Path:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minisd.attention import Transformer2DModel
-from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from minisd.models.attention import Transformer2DModel
+from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
 def transformer_layers(

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minisd.attention import multi_head_attention
-from minisd.modeling import ModelMixin
+from minisd.models.attention import multi_head_attention
+from minisd.models.modeling_utils import ModelMixin
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from minisd.attention import Attention
-from minisd.modeling import ModelMixin
-from minisd.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from minisd.models.attention import Attention
+from minisd.models.modeling_utils import ModelMixin
+from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 EPS = 1e-6  # the VAE's GroupNorm eps everywhere (1e-5 would be a silent drift)
 

@@ -7,16 +7,7 @@ import platform
 
 import torch
 
-
-def get_device() -> torch.device:
-    """The best available device: CUDA, then Apple's MPS, then the CPU (override with MINISD_DEVICE)."""
-    if name := os.environ.get("MINISD_DEVICE"):
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+from minisd.device import get_device
 
 
 def is_fast() -> bool:

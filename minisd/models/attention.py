@@ -6,9 +6,6 @@ module carries the projections under diffusers' names (`to_q`, `to_k`, `to_v`, `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -184,56 +181,3 @@ class Transformer2DModel(nn.Module):
         if not self.use_linear_projection:
             hidden = self.proj_out(hidden)  # [B, C, H, W]
         return hidden + x
-
-
-def attention_probs(
-    attn: Attention, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The softmax(q k^T / sqrt(d)) weights of one Attention call, averaged over heads: [B, N, L]."""
-    q = attn.to_q(x).unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # [B, h, N, d]
-    k = attn.to_k(context).unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # [B, h, L, d]
-    logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # [B, h, N, L]
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return logits.softmax(-1).mean(1)
-
-
-@contextmanager
-def recording_cross_attention(unet: nn.Module, side: int) -> Iterator[list[torch.Tensor]]:
-    """Inside the `with`, every cross-attention layer working on a `side` x `side` grid appends its
-    `attention_probs` [B, side*side, L] to the yielded list (with gradients, if they are on)."""
-    maps = []
-
-    def capture(module, args, output):
-        x, context, *mask = args  # [B, HW, C], [B, L, cross_attention_dim], ([B, 1, 1, L])
-        if x.shape[1] == side * side:
-            maps.append(attention_probs(module, x, context, mask[0] if mask else None))
-
-    handles = [m.attn2.register_forward_hook(capture) for m in unet.modules() if hasattr(m, "attn2")]
-    try:
-        yield maps
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.no_grad()
-def cross_attention_maps(
-    unet: nn.Module,
-    sample: torch.Tensor,
-    timestep,
-    encoder_hidden_states: torch.Tensor,
-    side: int,
-    encoder_attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Where each text token is read: the cross-attention softmax weights of one UNet call.
-
-    Runs `unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)` and averages, over
-    heads and over every cross-attention layer working on a `side` x `side` grid,
-    softmax(q k^T / sqrt(d)) -> [B, side, side, L] (hidden tokens get 0).
-    """
-    with recording_cross_attention(unet, side) as maps:
-        unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)
-    if not maps:
-        raise ValueError(f"no cross-attention layer works on a {side}x{side} grid for this sample size")
-    return torch.stack(maps).mean(0).unflatten(1, (side, side))  # [B, side, side, L]

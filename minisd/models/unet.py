@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minisd.embeddings import TimestepEmbedding, get_timestep_embedding
-from minisd.modeling import ModelMixin
-from minisd.unet_blocks import (
+from minisd.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from minisd.models.modeling_utils import ModelMixin
+from minisd.models.unet_blocks import (
     CrossAttnDownBlock2D,
     CrossAttnUpBlock2D,
     DownBlock2D,
@@ -23,32 +23,6 @@ from minisd.unet_blocks import (
 
 DOWN_BLOCKS = {"CrossAttnDownBlock2D": CrossAttnDownBlock2D, "DownBlock2D": DownBlock2D}
 UP_BLOCKS = {"CrossAttnUpBlock2D": CrossAttnUpBlock2D, "UpBlock2D": UpBlock2D}
-
-# The official SD v1.5 `unet/config.json` (859,520,964 parameters).
-SD15_CONFIG = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
 
 
 def _block(table: dict, name: str, kwargs: dict, attention: dict) -> nn.Module:

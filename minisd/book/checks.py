@@ -54,7 +54,7 @@ def compare_cases(
 
 def byte_encoder(candidate: Callable[[], dict[int, str]]) -> bool:
     """Check a `bytes_to_unicode()` against the package: same stand-in for each of the 256 bytes."""
-    from minisd.tokenizer import bytes_to_unicode
+    from minisd.models.tokenizer import bytes_to_unicode
 
     def as_text(fn: Callable[[], dict[int, str]], lo: int, hi: int) -> str:
         table = fn()
@@ -76,7 +76,7 @@ def byte_encoder(candidate: Callable[[], dict[int, str]]) -> bool:
 
 def bpe_merge(candidate: Callable[[str, dict], list[str]], tokenizer=None) -> bool:
     """Check a `bpe(word, ranks) -> symbols` on a toy merge table and on CLIP's 48,894 merges."""
-    from minisd.tokenizer import CLIPTokenizer, bpe, byte_encode
+    from minisd.models.tokenizer import CLIPTokenizer, bpe, byte_encode
 
     toy = {("l", "o"): 0, ("lo", "w</w>"): 1, ("e", "r</w>"): 2, ("lo", "w"): 3, ("a", "a"): 4}
     cases = [(f"toy merges: {w!r}", (w, toy)) for w in ["low", "lower", "aaaaa", "x", "wol"]]
@@ -88,7 +88,7 @@ def bpe_merge(candidate: Callable[[str, dict], list[str]], tokenizer=None) -> bo
 
 def pad_and_truncate(candidate: Callable[[list[int], int], list[int]]) -> bool:
     """Check a `fit(ids, length)` that pads `[SOT, ..., EOT]` with 49407 or cuts it keeping EOT last."""
-    from minisd.tokenizer import pad_or_truncate
+    from minisd.models.tokenizer import pad_or_truncate
 
     def body(n: int) -> list[int]:
         return [49406, *range(1000, 1000 + n), 49407]
@@ -142,8 +142,8 @@ def ddim_step(candidate: Callable) -> bool:
 
 def classifier_free_guidance(candidate: Callable) -> bool:
     """Chapter 06: `candidate(eps_uncond, eps_cond, guidance_scale) -> eps` against
-    `minisd.pipeline.classifier_free_guidance` (scales 0, 1, 7.5 and a batch)."""
-    from minisd.pipeline import classifier_free_guidance as reference
+    `minisd.pipelines.classifier_free_guidance` (scales 0, 1, 7.5 and a batch)."""
+    from minisd.pipelines import classifier_free_guidance as reference
 
     gen = torch.Generator().manual_seed(0)
     u, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
@@ -158,8 +158,8 @@ def classifier_free_guidance(candidate: Callable) -> bool:
 
 def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
     """Chapter 06: `candidate(i, j, layers_per_block) -> k`, the original `input_blocks.k` that holds
-    diffusers' `down_blocks.i.resnets.j`, against minisd.checkpoint's key map (v1.5: 2 layers per block)."""
-    from minisd.checkpoint import unet_blocks
+    diffusers' `down_blocks.i.resnets.j`, against minisd.loading.key_maps (v1.5: 2 layers per block)."""
+    from minisd.loading.key_maps import unet_blocks
 
     def reference(i: int, j: int, per: int) -> int:
         config = {"layers_per_block": per, "block_out_channels": [0] * 4}
@@ -179,10 +179,10 @@ def attention_head(candidate: Callable) -> bool:
     """Check `candidate(x, w_q, w_k, w_v, mask) -> [N, d]`, one causal attention head by hand.
 
     x: [N, D] token vectors; w_q, w_k, w_v: [D, d] one head's projections; mask: [N, N] bool, True
-    where token i may look at token j (j <= i). Compared with `minisd.attention.multi_head_attention`
+    where token i may look at token j (j <= i). Compared with `minisd.models.attention.multi_head_attention`
     (one head, causal) on CLIP's sizes and on edge cases.
     """
-    from minisd.attention import multi_head_attention
+    from minisd.models.attention import multi_head_attention
 
     def reference(x, w_q, w_k, w_v, mask):
         q, k, v = ((x @ w)[None] for w in (w_q, w_k, w_v))  # [1, N, d]
@@ -222,8 +222,8 @@ def _gaussian_cases() -> list[tuple[str, tuple]]:
 
 def diagonal_gaussian_sample(candidate: Callable) -> bool:
     """Chapter 05: `candidate(mean, logvar, eps) -> z`, the reparameterised sample mean + std * eps with
-    logvar clamped to [-30, 20], against `minisd.vae.DiagonalGaussianDistribution`."""
-    from minisd.vae import DiagonalGaussianDistribution
+    logvar clamped to [-30, 20], against `minisd.models.vae.DiagonalGaussianDistribution`."""
+    from minisd.models.vae import DiagonalGaussianDistribution
 
     def reference(mean, logvar, eps):
         post = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
@@ -235,7 +235,7 @@ def diagonal_gaussian_sample(candidate: Callable) -> bool:
 def diagonal_gaussian_kl(candidate: Callable) -> bool:
     """Chapter 05: `candidate(mean, logvar) -> kl [B]`, KL(N(mean, exp(logvar)) || N(0, I)) summed over
     channels and positions (logvar clamped to [-30, 20]), against `DiagonalGaussianDistribution.kl`."""
-    from minisd.vae import DiagonalGaussianDistribution
+    from minisd.models.vae import DiagonalGaussianDistribution
 
     def reference(mean, logvar):
         return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()
@@ -273,12 +273,12 @@ def scaled_dot_product_attention(candidate: Callable) -> bool:
 
 
 def geglu(candidate: Callable) -> bool:
-    """Check `candidate(x, weight, bias) -> hidden * gelu(gate)` against `minisd.attention.GEGLU`.
+    """Check `candidate(x, weight, bias) -> hidden * gelu(gate)` against `minisd.models.attention.GEGLU`.
 
     `x @ weight.T + bias` splits into (hidden, gate) halves along the last axis; GELU is the exact
     (erf) one, not the tanh approximation.
     """
-    from minisd.attention import GEGLU
+    from minisd.models.attention import GEGLU
 
     gen = torch.Generator().manual_seed(0)
     cases = []
@@ -316,9 +316,9 @@ def noise_prediction_loss(candidate: Callable) -> bool:
     `minisd.schedulers.DDPMScheduler.add_noise` and `F.mse_loss` with the tiny model's UNet."""
     import torch.nn.functional as F
 
+    from minisd.models.unet import UNet2DConditionModel
     from minisd.schedulers import DDPMScheduler
-    from minisd.training import TINY_CONFIGS
-    from minisd.unet import UNet2DConditionModel
+    from minisd.shapes import TINY_CONFIGS
 
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
     torch.manual_seed(0)

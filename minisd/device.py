@@ -1,0 +1,18 @@
+"""The one place that picks a device: no hard-coded `.cuda()` anywhere in the book."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def get_device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU (override with MINISD_DEVICE)."""
+    if name := os.environ.get("MINISD_DEVICE"):
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

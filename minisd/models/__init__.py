@@ -1,0 +1,16 @@
+"""The networks of Stable Diffusion v1.5, with diffusers' and transformers' names (chapters 01-05)."""
+
+from minisd.models.clip import CLIPTextModel
+from minisd.models.modeling_utils import ModelMixin
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.models.unet import UNet2DConditionModel
+from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
+
+__all__ = [
+    "AutoencoderKL",
+    "CLIPTextModel",
+    "CLIPTokenizer",
+    "DiagonalGaussianDistribution",
+    "ModelMixin",
+    "UNet2DConditionModel",
+]

@@ -1,0 +1,6 @@
+"""Pipelines: models and a scheduler put together, with diffusers' names and call arguments (chapter 06)."""
+
+from minisd.pipelines.image_processing import to_pil
+from minisd.pipelines.stable_diffusion import StableDiffusionPipeline, classifier_free_guidance
+
+__all__ = ["StableDiffusionPipeline", "classifier_free_guidance", "to_pil"]

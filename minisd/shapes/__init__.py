@@ -1,0 +1,41 @@
+"""The shapes world: the book's laboratory (chapter 07). Procedural scenes of coloured shapes with
+their captions, a reader that scores a picture against its caption, and the tiny model trained on it."""
+
+from minisd.shapes.reader import classify_shape, read_scene, score_image
+from minisd.shapes.scenes import (
+    COLORS,
+    HELD_OUT,
+    NUMBERS,
+    RELATIONS,
+    SHAPES,
+    Shape,
+    ShapeScene,
+    ShapesDataset,
+    random_scene,
+    render_scene,
+    shape_coverage,
+    shape_mask,
+)
+from minisd.shapes.tiny import TINY_CONFIGS, TINY_MODEL, TINY_SAMPLING, tiny_model_path
+
+__all__ = [
+    "COLORS",
+    "HELD_OUT",
+    "NUMBERS",
+    "RELATIONS",
+    "SHAPES",
+    "TINY_CONFIGS",
+    "TINY_MODEL",
+    "TINY_SAMPLING",
+    "Shape",
+    "ShapeScene",
+    "ShapesDataset",
+    "classify_shape",
+    "random_scene",
+    "read_scene",
+    "render_scene",
+    "score_image",
+    "shape_coverage",
+    "shape_mask",
+    "tiny_model_path",
+]

@@ -1,0 +1,88 @@
+"""Reading a picture of the shapes world back into words: background, colours, shapes and count.
+
+The scorer that tells whether a generated picture shows its caption (chapter 07).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minisd.shapes.scenes import COLORS, ShapeScene
+
+
+def _nearest_color(img: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 -> [H, W] index into COLORS of the nearest palette colour."""
+    palette = np.array(list(COLORS.values()), np.float32)  # [K, 3]
+    d = ((img[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)  # [H, W, K]
+    return d.argmin(-1)
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """4-connected labels of a boolean [H, W] mask (0 = background), by min-label propagation."""
+    h, w = mask.shape
+    big = h * w + 1
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), big)
+    while True:
+        padded = np.pad(labels, 1, constant_values=big)
+        neighbours = np.stack(
+            [padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        )
+        new = np.where(mask, neighbours.min(0), big)
+        if (new == labels).all():
+            return np.where(mask, labels, 0)
+        labels = new
+
+
+def classify_shape(region: np.ndarray) -> str:
+    """Name the shape of a boolean [H, W] region by where its pixels sit in its bounding box.
+
+    A triangle (pointing up) fills the bottom corners of its box and not the top ones, and its
+    centre of mass sits a sixth of its height below the box's middle; circles and squares are
+    symmetric. A square fills all four corners, a circle none. These tests survive the soft edges
+    and blunted tips of a generated picture, unlike an exact area ratio.
+    """
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = region[y0:y1, x0:x1]
+    k = max(1, round(min(box.shape) / 4))  # corner squares a quarter of the side wide
+    top = (box[:k, :k].mean() + box[:k, -k:].mean()) / 2
+    bottom = (box[-k:, :k].mean() + box[-k:, -k:].mean()) / 2
+    offset = (ys.mean() + 0.5 - (y0 + y1) / 2) / (y1 - y0)  # centre of mass below the middle
+    if bottom - top > 0.35 or offset > 0.045:
+        return "triangle"
+    return "square" if (top + bottom) / 2 > 0.55 else "circle"
+
+
+def read_scene(image: np.ndarray, min_pixels: int = 12) -> dict:
+    """Read a uint8 [H, W, 3] picture back: background colour and each object's colour and shape.
+
+    Returns {"background": name, "objects": [{"color", "shape", "pixels"}...]} with the objects
+    sorted by size (largest first); regions smaller than `min_pixels` are ignored as noise.
+    """
+    names = list(COLORS)
+    idx = _nearest_color(image)
+    background = np.bincount(idx.ravel(), minlength=len(names)).argmax()
+    labels = _components(idx != background)
+    objects = []
+    for lab in np.unique(labels[labels > 0]):
+        region = labels == lab
+        n = int(region.sum())
+        if n < min_pixels:
+            continue
+        color = names[np.bincount(idx[region], minlength=len(names)).argmax()]
+        objects.append({"color": color, "shape": classify_shape(region), "pixels": n})
+    objects.sort(key=lambda o: -o["pixels"])
+    return {"background": names[background], "objects": objects}
+
+
+def score_image(image: np.ndarray, scene: ShapeScene) -> dict[str, bool]:
+    """Grade a generated picture against the scene its caption describes (the first object counts)."""
+    seen = read_scene(image)
+    want = scene.shapes[0]
+    match = [o for o in seen["objects"] if o["color"] == want.color]
+    return {
+        "color": bool(match),
+        "shape": any(o["shape"] == want.shape for o in match),
+        "background": seen["background"] == scene.background,
+        "count": len(seen["objects"]) == len(scene.shapes),
+    }

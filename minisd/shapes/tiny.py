@@ -1,0 +1,70 @@
+"""The tiny text-to-image model of the shapes world (chapter 07): its configs, sampling defaults and
+the packaged weights (diffusers layout, trained on two CPU cores by `python -m minisd train-tiny`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_MODEL = Path(__file__).parent / "weights" / "tiny_shapes"  # diffusers layout, trained by chapter 07
+
+
+def tiny_model_path() -> Path:
+    """The packaged tiny text-to-image model (the default of `python -m minisd generate`)."""
+    if not (TINY_MODEL / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged tiny model is missing from {TINY_MODEL}; train it again with "
+            "`python -m minisd train-tiny` (about 30 minutes on 2 CPU cores), or pass --weights"
+        )
+    return TINY_MODEL
+
+
+TINY_CONFIGS: dict[str, dict] = {
+    "text_encoder": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "vocab_size": 49408,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "quick_gelu",
+    },
+    "vae": {  # three blocks, two downsamplers: f = 4, 32x32x3 pixels <-> 8x8x4 latents
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [16, 32, 64],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 8,
+        "sample_size": 32,
+        "scaling_factor": 1.0,  # replaced by 1/std of the trained autoencoder's latents
+    },
+    "unet": {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "attention_head_dim": 4,
+        "cross_attention_dim": 64,
+        "norm_num_groups": 8,
+    },
+    "scheduler": {  # SD v1.5's noise schedule
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+    },
+}
+
+
+# how `python -m minisd generate` samples the tiny model when no option says otherwise
+TINY_SAMPLING = {"steps": 25, "guidance": 3.0, "scheduler": "ddim", "height": 32, "width": 32, "upscale": 8}
