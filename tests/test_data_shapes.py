@@ -58,6 +58,69 @@ def test_reader_reads_the_drawn_scenes_back():
     results = [score_image(render_scene(s), s) for s in scenes]
     for key, floor in [("color", 1.0), ("background", 1.0), ("shape", 0.99), ("count", 0.99)]:
         assert np.mean([r[key] for r in results]) >= floor, key
+    # the rest of the caption: the second object and the relation word
+    for key, floor in [("second", 0.99), ("relation", 0.99)]:
+        graded = [r[key] for r in results if key in r]
+        assert len(graded) > 50 and np.mean(graded) >= floor, key
+
+
+def test_reader_grades_the_relation_word():
+    """A drawn relation scene graded against its caption with the opposite relation word is rejected,
+    and objects placed the other way round are read as the other relation."""
+    from minisd.shapes import reversed_relation
+
+    rng = random.Random(2)
+    scenes = [s for s in (random_scene(rng) for _ in range(2000)) if s.relation is not None][:200]
+    assert {s.relation for s in scenes} == {"above", "below", "left of", "right of"}
+    right = [score_image(render_scene(s), s)["relation"] for s in scenes]
+    swapped = [score_image(render_scene(s), reversed_relation(s))["relation"] for s in scenes]
+    assert np.mean(right) >= 0.99 and np.mean(swapped) <= 0.01
+    # the same two objects exchanged: colours and shapes all present, the relation wrong
+    for s in scenes[:50]:
+        a, b = s.shapes
+        moved = ShapeScene(
+            s.background,
+            (Shape(a.color, a.shape, b.cx, b.cy, a.size), Shape(b.color, b.shape, a.cx, a.cy, b.size)),
+            s.relation,
+        )
+        score = score_image(render_scene(moved), s)
+        assert score["color"] and score["second"] and not score["relation"], s.caption
+
+
+def test_reader_grades_the_second_object():
+    scene = ShapeScene(
+        "black", (Shape("white", "circle", 0.5, 0.25, 0.34), Shape("red", "square", 0.5, 0.75, 0.34)), "above"
+    )
+    wrong = ShapeScene(
+        "black", (Shape("white", "circle", 0.5, 0.25, 0.34), Shape("red", "circle", 0.5, 0.75, 0.34)), "above"
+    )
+    one = ShapeScene("black", (Shape("white", "circle", 0.5, 0.25, 0.34),))
+    assert score_image(render_scene(scene), scene) == {
+        "color": True, "shape": True, "background": True, "count": True, "second": True, "relation": True,
+    }  # fmt: skip
+    assert score_image(render_scene(wrong), scene)["second"] is False
+    assert score_image(render_scene(wrong), scene)["relation"] is False
+    missing = score_image(render_scene(one), scene)
+    assert not missing["second"] and not missing["relation"] and not missing["count"]
+
+
+def test_adherence_reports_each_kind_of_caption():
+    from minisd.metrics import adherence
+    from minisd.shapes import reversed_relation
+
+    rng = random.Random(3)
+    scenes = [random_scene(rng, held_out=True) for _ in range(120)]
+    images = np.stack([render_scene(s) for s in scenes]) / 255.0
+    rates = adherence(images, scenes)
+    for key in ("all: single", "all: two alike", "all: relation", "relation: above", "relation: left of"):
+        assert rates[key] >= 0.97, key
+    relation_scenes = [s for s in scenes if s.relation is not None]
+    swapped = adherence(
+        np.stack([render_scene(s) for s in relation_scenes]) / 255.0,
+        [reversed_relation(s) for s in relation_scenes],
+    )
+    assert swapped["relation"] <= 0.03 and swapped["all: relation"] <= 0.03 and swapped["color"] == 1.0
+    assert np.isnan(adherence(images[:1], scenes[:1])["relation"]) or scenes[0].relation is not None
 
 
 def test_reader_rejects_wrong_pictures():
@@ -85,8 +148,8 @@ def test_reader_tolerates_the_blur_of_generated_pictures():
     scenes = [random_scene(rng, held_out=i % 2 == 0) for i in range(300)]
     blurred = [np.array(Image.fromarray(render_scene(s)).filter(ImageFilter.GaussianBlur(1))) for s in scenes]
     results = [score_image(img, s) for img, s in zip(blurred, scenes, strict=True)]
-    for key in ("color", "shape", "background"):
-        assert np.mean([r[key] for r in results]) >= 0.97, key
+    for key in ("color", "shape", "background", "second", "relation"):
+        assert np.mean([r[key] for r in results if key in r]) >= 0.97, key
 
 
 def test_shape_classifier_on_ideal_masks():

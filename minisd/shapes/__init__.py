@@ -1,18 +1,20 @@
 """The shapes world: the book's laboratory (chapter 07). Procedural scenes of coloured shapes with
 their captions, a reader that scores a picture against its caption, and the tiny model trained on it."""
 
-from minisd.shapes.reader import classify_shape, read_scene, score_image
+from minisd.shapes.reader import classify_shape, read_scene, relation_between, scene_kind, score_image
 from minisd.shapes.scenes import (
     COLORS,
     HELD_OUT,
     NUMBERS,
     RELATIONS,
+    REVERSED,
     SHAPES,
     Shape,
     ShapeScene,
     ShapesDataset,
     random_scene,
     render_scene,
+    reversed_relation,
     shape_coverage,
     shape_mask,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "HELD_OUT",
     "NUMBERS",
     "RELATIONS",
+    "REVERSED",
     "SHAPES",
     "TINY_CONFIGS",
     "TINY_MODEL",
@@ -33,7 +36,10 @@ __all__ = [
     "classify_shape",
     "random_scene",
     "read_scene",
+    "relation_between",
     "render_scene",
+    "reversed_relation",
+    "scene_kind",
     "score_image",
     "shape_coverage",
     "shape_mask",

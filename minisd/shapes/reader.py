@@ -54,10 +54,11 @@ def classify_shape(region: np.ndarray) -> str:
 
 
 def read_scene(image: np.ndarray, min_pixels: int = 12) -> dict:
-    """Read a uint8 [H, W, 3] picture back: background colour and each object's colour and shape.
+    """Read a uint8 [H, W, 3] picture back: background colour and each object's colour, shape and place.
 
-    Returns {"background": name, "objects": [{"color", "shape", "pixels"}...]} with the objects
-    sorted by size (largest first); regions smaller than `min_pixels` are ignored as noise.
+    Returns {"background": name, "objects": [{"color", "shape", "pixels", "cx", "cy"}...]} with the
+    objects sorted by size (largest first) and their centres as fractions of the side (y grows
+    downwards); regions smaller than `min_pixels` are ignored as noise.
     """
     names = list(COLORS)
     idx = _nearest_color(image)
@@ -70,19 +71,60 @@ def read_scene(image: np.ndarray, min_pixels: int = 12) -> dict:
         if n < min_pixels:
             continue
         color = names[np.bincount(idx[region], minlength=len(names)).argmax()]
-        objects.append({"color": color, "shape": classify_shape(region), "pixels": n})
+        ys, xs = np.nonzero(region)
+        cx, cy = (xs.mean() + 0.5) / image.shape[1], (ys.mean() + 0.5) / image.shape[0]
+        objects.append({"color": color, "shape": classify_shape(region), "pixels": n, "cx": cx, "cy": cy})
     objects.sort(key=lambda o: -o["pixels"])
     return {"background": names[background], "objects": objects}
 
 
+def relation_between(a: dict, b: dict) -> str:
+    """Where object `a` sits relative to `b` ("above", "below", "left of", "right of"), from their
+    centres: along the axis on which they are further apart."""
+    dx, dy = a["cx"] - b["cx"], a["cy"] - b["cy"]
+    if abs(dy) >= abs(dx):
+        return "above" if dy < 0 else "below"
+    return "left of" if dx < 0 else "right of"
+
+
+def scene_kind(scene: ShapeScene) -> str:
+    """ "single", "two alike" or "relation": the three kinds of caption."""
+    if len(scene.shapes) == 1:
+        return "single"
+    return "two alike" if scene.relation is None else "relation"
+
+
+def _find(objects: list[dict], color: str, shape: str) -> dict | None:
+    """The largest object of this colour and shape, else the largest of this colour, else None."""
+    exact = [o for o in objects if o["color"] == color and o["shape"] == shape]
+    return (exact or [o for o in objects if o["color"] == color] or [None])[0]
+
+
 def score_image(image: np.ndarray, scene: ShapeScene) -> dict[str, bool]:
-    """Grade a generated picture against the scene its caption describes (the first object counts)."""
+    """Grade a generated picture against the whole caption of its scene.
+
+    Always: "color" and "shape" (of the first object named), "background", "count" (as many objects
+    as named). Two-object scenes add "second" (the second object named, colour and shape, found
+    apart from the first); relation scenes add "relation" (both objects found and placed as the
+    relation word says, read from their centres).
+    """
     seen = read_scene(image)
-    want = scene.shapes[0]
-    match = [o for o in seen["objects"] if o["color"] == want.color]
-    return {
+    first, *rest = scene.shapes
+    match = [o for o in seen["objects"] if o["color"] == first.color]
+    scores = {
         "color": bool(match),
-        "shape": any(o["shape"] == want.shape for o in match),
+        "shape": any(o["shape"] == first.shape for o in match),
         "background": seen["background"] == scene.background,
         "count": len(seen["objects"]) == len(scene.shapes),
     }
+    if rest:
+        a = _find(seen["objects"], first.color, first.shape)
+        others = [o for o in seen["objects"] if o is not a]
+        b = _find(others, rest[0].color, rest[0].shape)
+        scores["second"] = b is not None and (b["color"], b["shape"]) == (rest[0].color, rest[0].shape)
+        if scene.relation is not None:
+            found = (
+                a is not None and (a["color"], a["shape"]) == (first.color, first.shape) and scores["second"]
+            )
+            scores["relation"] = found and relation_between(a, b) == scene.relation
+    return scores

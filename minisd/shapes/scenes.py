@@ -1,13 +1,10 @@
-"""Captioned shapes: a procedural text-to-image dataset, and the reader that grades generated images.
+"""Captioned shapes: a procedural text-to-image dataset (the reader that grades pictures is in reader.py).
 
 Chapter 07 trains a tiny latent diffusion model on these scenes. Each scene is one or two
 coloured shapes (circle, square, triangle) on a plain background, with a caption such as
 "a red circle above a blue square on a yellow background". Scenes are deterministic functions of
 a seed, drawn on the fly. A few colour-shape combinations (`HELD_OUT`) never appear in training,
 so prompt adherence can be measured on captions the model has never seen.
-
-`read_scene` reads a picture back by the rules that drew it (nearest palette colour, connected
-regions, and where in its bounding box a region's pixels lie), which is what `score_image` grades with.
 """
 
 from __future__ import annotations
@@ -118,6 +115,17 @@ def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
     }[relation]
     shapes = (Shape(*first, *a, size), Shape(*second, *b, size))
     return ShapeScene(background, shapes, relation)
+
+
+REVERSED = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def reversed_relation(scene: ShapeScene) -> ShapeScene:
+    """The same objects in the same places, captioned with the opposite relation word: the control
+    for a model that ignores word order ("a red circle above a blue square" -> "... below ...")."""
+    if scene.relation is None:
+        raise ValueError(f"{scene.caption!r} has no relation word to reverse")
+    return ShapeScene(scene.background, scene.shapes, REVERSED[scene.relation])
 
 
 def shape_mask(shape: Shape, n: int) -> np.ndarray:
