@@ -97,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_rows(rows))
     control = relation_control(pipe, num_scenes=args.prompts, seed=args.seed)
     print(
-        f"relation word: a held-out caption shows its relation in {control['relation']:.0%}, its twin with "
-        f"the opposite word shows the reversed one in {control['reversed']:.0%} (both: {control['both']:.0%}); "
+        f"relation word: a held-out caption shows its relation in {control['relation']:.0%}, its twin "
+        f"with the opposite word the reversed one in {control['reversed']:.0%} (both {control['both']:.0%}); "
         f"the two pictures differ by {control['changed']:.3f} on average (0 = the word is ignored)"
     )
     binding = attention_binding(pipe, num_scenes=args.prompts, seed=args.seed)
