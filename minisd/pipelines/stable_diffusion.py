@@ -313,7 +313,7 @@ class StableDiffusionPipeline:
             eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask)  # [2B, 4, h, w]
             if do_cfg:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
-            latents = scheduler.step(eps, t, latents, generator=generator)
+            latents = scheduler.step(eps, t, latents, generator=generator).prev_sample
             if callback is not None:
                 callback(i, t, latents)
 
