@@ -89,6 +89,10 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self.model_outputs: list[torch.Tensor | None] = [None] * solver_order
         self.lower_order_nums = 0
 
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The UNet's input is x_t itself for this sampler."""
+        return sample
+
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,

@@ -62,7 +62,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
     ) -> None:
-        """Timesteps (float, fractional with Karras sigmas) and their sigmas, ending with sigma = 0 (or sigma_min).
+        """Timesteps (float; fractional with Karras sigmas) and sigmas, ending at 0 (or sigma_min).
 
         Instead of a step count, pass your own descending `timesteps`, or `sigmas` (with the final one)."""
         c = self.config
@@ -103,7 +103,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ):
-        """One Euler step from sigma to the next sigma; with s_churn, first raise sigma to sigma_hat with noise."""
+        """One Euler step to the next sigma; with s_churn, first raise sigma to sigma_hat with noise."""
         self._init_step_index(timestep)
         sigma = self.sigmas[self._step_index]
         sample = sample.float()

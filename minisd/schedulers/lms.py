@@ -45,7 +45,7 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin):
         self.derivatives = []
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
-        """c_j (j = current_order): the Lagrange basis polynomial of slope d_{t-j}, integrated over one step."""
+        """c_j (j = current_order): the Lagrange basis of slope d_{t-j}, integrated over one step."""
         nodes = self.sigmas[t - torch.arange(order)].double().numpy()  # sigma_k, sigma_{k-1}, ...
         a, b = self.sigmas[t].item(), self.sigmas[t + 1].item()
         s = (b - a) / 2 * GAUSS_NODES + (a + b) / 2  # quadrature points mapped onto [a, b]

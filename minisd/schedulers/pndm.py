@@ -64,6 +64,10 @@ class PNDMScheduler(SchedulerMixin):
         self.cur_sample: torch.Tensor | None = None  # x where the current PRK step (or the redo) started
         self.cur_model_output: torch.Tensor | float = 0  # running Runge-Kutta sum of slopes
 
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The UNet's input is x_t itself for this sampler."""
+        return sample
+
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """n steps -> the timesteps of each UNet call: 981, 961, 961, 941, ..., 1 for v1.5 (PLMS only);
         with PRK the last three strides of the ascending grid are visited at t, t - stride/2 (twice) first."""
@@ -90,7 +94,7 @@ class PNDMScheduler(SchedulerMixin):
     def step_prk(
         self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, return_dict: bool = True
     ):
-        """One of the four stages of a Runge-Kutta step; the fourth combines the slopes (weights 1, 2, 2, 1 / 6)."""
+        """One of the four stages of a Runge-Kutta step; the fourth combines the slopes (1, 2, 2, 1) / 6."""
         self._check_ready()
         stage = self.counter % 4
         half = self.config.num_train_timesteps // self.num_inference_steps // 2

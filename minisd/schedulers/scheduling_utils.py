@@ -6,7 +6,8 @@ code written for diffusers runs unchanged:
 - `@register_to_config` records the constructor's arguments as `scheduler.config` (a dict whose keys also
   read as attributes), noting which were left at their defaults (`_use_default_values`), so a config
   handed to another class (`EulerDiscreteScheduler.from_config(pndm.config)`) takes that class's defaults;
-- `from_config` / `from_pretrained` / `save_config` / `save_pretrained` (scheduler_config.json), `compatibles`;
+- `from_config` / `from_pretrained` / `save_config` / `save_pretrained` (scheduler_config.json),
+  `compatibles`;
 - `step(...)` returns a NamedTuple (`out.prev_sample` and `out[0]` both work; `return_dict=False` a tuple);
 - `SigmaSchedulerMixin`: the samplers that walk x = x_0 + sigma * eps (Euler, Euler ancestral, LMS).
 """
@@ -130,7 +131,9 @@ class SchedulerMixin:
                     f"leave it at {defaults[key]!r}"
                 )
         if c.prediction_type not in (*PREDICTION_TYPES, "original_sample"):
-            raise ValueError(f"unknown prediction_type {c.prediction_type!r}: choose one of {PREDICTION_TYPES}")
+            raise ValueError(
+                f"unknown prediction_type {c.prediction_type!r}: choose one of {PREDICTION_TYPES}"
+            )
         betas = make_betas(c.beta_schedule, c.beta_start, c.beta_end, c.num_train_timesteps, c.trained_betas)
         self.betas = rescale_zero_terminal_snr(betas) if self._option("rescale_betas_zero_snr") else betas
         self.alphas = 1.0 - self.betas
@@ -174,16 +177,26 @@ class SchedulerMixin:
 
     @classmethod
     def load_config(
-        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None
-    ) -> dict:
-        """Read scheduler_config.json from a folder, or (with huggingface_hub, online) from a Hub id."""
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        return_unused_kwargs: bool = False,
+        return_commit_hash: bool = False,
+        **kwargs,
+    ):
+        """Read scheduler_config.json from a folder (`subfolder=` inside it), or from a Hub id when
+        huggingface_hub is installed and online."""
+        if return_commit_hash:
+            raise NotImplementedError("minisd does not track Hub commit hashes")
+        subfolder = kwargs.pop("subfolder", None)
         folder = Path(pretrained_model_name_or_path, subfolder or "")
         if folder.is_dir():
-            return json.loads((folder / CONFIG_NAME).read_text())
-        from huggingface_hub import hf_hub_download
+            config = json.loads((folder / CONFIG_NAME).read_text())
+        else:
+            from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(str(pretrained_model_name_or_path), CONFIG_NAME, subfolder=subfolder)
-        return json.loads(Path(path).read_text())
+            path = hf_hub_download(str(pretrained_model_name_or_path), CONFIG_NAME, subfolder=subfolder)
+            config = json.loads(Path(path).read_text())
+        return (config, kwargs) if return_unused_kwargs else config
 
     @classmethod
     def from_pretrained(
@@ -193,8 +206,8 @@ class SchedulerMixin:
         return_unused_kwargs: bool = False,
         **kwargs,
     ):
-        """Build from a folder holding scheduler_config.json (a pipeline folder with subfolder="scheduler")."""
-        config = cls.load_config(pretrained_model_name_or_path, subfolder)
+        """Build from a folder with scheduler_config.json (a pipeline folder: subfolder="scheduler")."""
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
         return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
@@ -312,7 +325,7 @@ class SchedulerMixin:
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(alpha_bar) so the last timestep has zero SNR (Lin et al. 2023), keeping the first."""
+    """Shift and scale sqrt(alpha_bar) so the last timestep has zero SNR (Lin et al. 2023)."""
     root = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = root[0].clone(), root[-1].clone()
     root = (root - last) * first / (first - last)
