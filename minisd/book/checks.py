@@ -129,7 +129,7 @@ def ddim_step(candidate: Callable) -> bool:
     )
 
     def reference(eps, x, alpha_t, alpha_prev, t):
-        return scheduler.step(eps, t, x)
+        return scheduler.step(eps, t, x).prev_sample
 
     def reader(eps, x, alpha_t, alpha_prev, t):
         return candidate(eps, x, alpha_t, alpha_prev)

@@ -12,6 +12,7 @@ weights and injected latents reproduces its images.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -60,6 +61,11 @@ def _negative_prompts(negative_prompt: str | list[str] | None, b: int) -> list[s
     if len(negative) != b:
         raise ValueError(f"{len(negative)} negative prompts for {b} prompts: give one, or one per prompt")
     return negative
+
+
+def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -> dict:
+    """The generator for samplers whose step draws noise (their step signature has one), as diffusers."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def _scheduler(config: dict) -> SchedulerMixin:
@@ -313,7 +319,7 @@ class StableDiffusionPipeline:
             eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask)  # [2B, 4, h, w]
             if do_cfg:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
-            latents = scheduler.step(eps, t, latents, generator=generator)
+            latents = scheduler.step(eps, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
             if callback is not None:
                 callback(i, t, latents)
 

@@ -5,14 +5,13 @@ scheduler.set_timesteps(25)
 x = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
 for t in scheduler.timesteps:
     eps = unet(scheduler.scale_model_input(x, t), t, text)
-    x = scheduler.step(eps, t, x, generator=g)
+    x = scheduler.step(eps, t, x, generator=g).prev_sample   # diffusers' output convention
 """
 
 from __future__ import annotations
 
 from minisd.schedulers.common import (
     SNR,
-    SchedulerMixin,
     karras_sigmas,
     make_betas,
     predict_x0_and_eps,
@@ -27,6 +26,12 @@ from minisd.schedulers.euler import EulerDiscreteScheduler
 from minisd.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from minisd.schedulers.lms import LMSDiscreteScheduler
 from minisd.schedulers.pndm import PNDMScheduler
+from minisd.schedulers.scheduling_utils import (
+    SchedulerMixin,
+    SchedulerOutput,
+    SchedulerOutputWithX0,
+    rescale_zero_terminal_snr,
+)
 
 # short name -> (class, config overrides); the names UIs and the CLI use
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
@@ -67,11 +72,14 @@ __all__ = [
     "LMSDiscreteScheduler",
     "PNDMScheduler",
     "SchedulerMixin",
+    "SchedulerOutput",
+    "SchedulerOutputWithX0",
     "get_scheduler",
     "karras_sigmas",
     "make_betas",
     "predict_x0_and_eps",
     "randn_tensor",
+    "rescale_zero_terminal_snr",
     "sigmas_from_alphas_cumprod",
     "spaced_timesteps",
 ]

@@ -7,22 +7,18 @@ back from pure noise to x_0; this module holds what they have in common, written
 - `make_betas`, `SNR`, `sigmas_from_alphas_cumprod` (the "variance exploding" view x = x_0 + sigma * eps),
 - `spaced_timesteps` (which T-grid points an n-step sampler visits: leading / trailing / linspace),
 - `karras_sigmas`, `sigma_to_t`, `predict_x0_and_eps` (epsilon / v / sample parametrizations),
-- `randn_tensor` (noise drawn the way diffusers draws it, so seeded runs match),
-- `SchedulerMixin` (config handling, `add_noise`, argument checks) and `SigmaSchedulerMixin`.
+- `randn_tensor` (noise drawn the way diffusers draws it, so seeded runs match), `threshold_sample`.
+The scheduler base classes (config, step outputs, step index) are in `scheduling_utils.py`.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -54,6 +50,10 @@ def make_betas(
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return cosine_betas(num_train_timesteps)
+    if beta_schedule == "sigmoid":
+        return (
+            torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps)) * (beta_end - beta_start) + beta_start
+        )
     raise ValueError(f"unknown beta_schedule {beta_schedule!r}: choose one of {', '.join(BETA_SCHEDULES)}")
 
 
@@ -101,6 +101,11 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     """Karras et al. (2022) noise levels: evenly spaced in sigma^(1/rho), from sigma_max down to sigma_min."""
     ramp = np.linspace(0, 1, n)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """n noise levels evenly spaced in log(sigma), from sigma_max down to sigma_min."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
 
 
 def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -155,171 +160,9 @@ def broadcast_to(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.flatten().reshape(-1, *([1] * (x.ndim - 1)))
 
 
-class SchedulerConfig(dict):
-    """The scheduler's config: a dict (pass it to any `from_config`) whose keys also read as attributes."""
-
-    def __getattr__(self, name: str):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-# Options of diffusers' schedulers that minisd does not implement: refuse them rather than ignore them.
-UNSUPPORTED = (
-    "thresholding",
-    "rescale_betas_zero_snr",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "use_lu_lambdas",
-    "sigma_min",
-    "sigma_max",
-)
-
-
-class SchedulerMixin:
-    """Config handling, the beta/alpha_bar tables, `add_noise` and argument checks of every scheduler.
-
-    A subclass lists its config keys (diffusers' names and defaults) as `__init__` parameters,
-    calls `self._setup(locals())` first and then builds its own tables.
-    """
-
-    config: SchedulerConfig
-    order = 1
-    num_inference_steps: int | None = None
-    timesteps: torch.Tensor | None = None
-    init_noise_sigma = 1.0
-
-    def _setup(self, params: dict) -> None:
-        self.config = SchedulerConfig({k: v for k, v in params.items() if k not in ("self", "__class__")})
-        c = self.config
-        if c.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"unknown prediction_type {c.prediction_type!r}: choose one of {PREDICTION_TYPES}"
-            )
-        self.betas = make_betas(
-            c.beta_schedule, c.beta_start, c.beta_end, c.num_train_timesteps, c.trained_betas
-        )
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alpha_bar_t, [T]
-        self.pred_original_sample: torch.Tensor | None = None  # x_0 predicted by the last step
-
-    @classmethod
-    def from_config(cls, config: dict, **overrides):
-        """Build from scheduler_config.json keys (any scheduler's; unknown keys ignored)."""
-        config = {**config, **overrides}
-        if bad := [k for k in UNSUPPORTED if config.get(k)]:
-            raise NotImplementedError(f"{cls.__name__}: minisd does not implement {bad}; set them to false")
-        params = inspect.signature(cls.__init__).parameters
-        return cls(**{k: v for k, v in config.items() if k in params and k != "self"})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike):
-        """Build from a folder holding scheduler_config.json (a diffusers pipeline's `scheduler/`)."""
-        from minisd.loading.state_dict import read_config
-
-        return cls.from_config(read_config(folder))
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write scheduler_config.json in diffusers' layout."""
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": type(self).__name__, **self.config}
-        (Path(folder) / "scheduler_config.json").write_text(json.dumps(config, indent=2))
-
-    def _check_num_steps(self, num_inference_steps: int) -> None:
-        T = self.config.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= T:
-            raise ValueError(
-                f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}, "
-                f"got {num_inference_steps!r}"
-            )
-
-    def _check_ready(self) -> None:
-        if self.num_inference_steps is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() called before set_timesteps(): "
-                "call scheduler.set_timesteps(num_inference_steps) first"
-            )
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """The UNet's input at this step (unchanged for the alpha_bar-parametrized samplers)."""
-        return sample
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """Forward process q(x_t | x_0): sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise, t per sample."""
-        alpha_bar = self.alphas_cumprod.to(original_samples.device, original_samples.dtype)
-        alpha_bar = broadcast_to(alpha_bar[timesteps.to(original_samples.device).long()], original_samples)
-        return alpha_bar**0.5 * original_samples + (1 - alpha_bar) ** 0.5 * noise
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
-
-
-class SigmaSchedulerMixin(SchedulerMixin):
-    """The samplers that walk x = x_0 + sigma * eps (Euler, Euler ancestral, LMS; k-diffusion's view).
-
-    The UNet was trained on x_t = alpha x_0 + ..., so its input is x / sqrt(sigma^2 + 1), and the
-    starting noise has standard deviation sigma_max (about 14.6 for v1.5).
-    """
-
-    def _set_sigma_schedule(self, timesteps: np.ndarray, device, use_karras_sigmas: bool = False) -> None:
-        train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)  # ascending in t, [T]
-        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        if use_karras_sigmas:
-            sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), len(timesteps))
-            timesteps = sigma_to_t(sigmas, np.log(train_sigmas))
-        self.sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))  # [n + 1], ends at 0
-        self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device)
-        self.num_inference_steps = len(timesteps)
-        self._step_index: int | None = None
-
-    def _set_training_schedule(self) -> None:
-        """Before set_timesteps: all T training timesteps (so add_noise works for any integer t)."""
-        self._set_sigma_schedule(np.arange(self.config.num_train_timesteps - 1, -1, -1.0), None)
-        self.num_inference_steps = None
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        sigma_max = self.sigmas.max()
-        return (
-            sigma_max
-            if self.config.timestep_spacing in ("linspace", "trailing")
-            else (sigma_max**2 + 1) ** 0.5
-        )
-
-    def index_for_timestep(self, timestep) -> int:
-        """Position of `timestep` in the schedule (the second one where it repeats, like diffusers)."""
-        hits = (self.timesteps.cpu() == torch.as_tensor(timestep).cpu()).nonzero()
-        if len(hits) == 0:
-            raise ValueError(f"timestep {float(timestep)} is not in this scheduler's timesteps")
-        return hits[1 if len(hits) > 1 else 0].item()
-
-    def _current_sigma(self, timestep) -> torch.Tensor:
-        self._check_ready()
-        if self._step_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        return self.sigmas[self._step_index]
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """x / sqrt(sigma^2 + 1): back to the alpha_bar-scaled input the UNet was trained on."""
-        return sample / (self._current_sigma(timestep) ** 2 + 1) ** 0.5
-
-    def _predict_x0(self, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
-        alpha_t = 1 / (sigma**2 + 1) ** 0.5  # the VP view of the same point: x_vp = alpha_t x
-        x0, _ = predict_x0_and_eps(
-            model_output, sample * alpha_t, alpha_t, sigma * alpha_t, self.config.prediction_type
-        )
-        return x0
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """x_0 + sigma_t noise, sigma_t taken from this schedule (the timesteps must be in it)."""
-        sigmas = self.sigmas.to(original_samples.device, original_samples.dtype)
-        sigma = sigmas[[self.index_for_timestep(t) for t in timesteps]]
-        return original_samples + broadcast_to(sigma, original_samples) * noise
+def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Imagen): clip each sample to its `ratio` quantile s of |x0| (s in [1, max_value])
+    and divide by s, so saturated pixels are pulled in rather than clipped flat."""
+    flat = x0.float().reshape(x0.shape[0], -1)  # [B, C*H*W]; quantile needs float32
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(1, max_value)[:, None]  # [B, 1]
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)

@@ -8,36 +8,35 @@ seed at every step, which is why "Euler a" images keep changing as the step coun
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from minisd.schedulers.common import SigmaSchedulerMixin, randn_tensor, spaced_timesteps
+from minisd.schedulers.common import randn_tensor
+from minisd.schedulers.scheduling_utils import SigmaSchedulerMixin, register_to_config
 
 
 class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
     """Stochastic (ancestral) Euler sampling over the training sigmas."""
 
+    @register_to_config
     def __init__(
         self,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
-        trained_betas: list[float] | None = None,
+        trained_betas: np.ndarray | list[float] | None = None,
         prediction_type: str = "epsilon",
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
-    ):
-        self._setup(locals())
-        self._set_training_schedule()
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._setup()
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Timesteps (float) and their sigmas, ending with sigma = 0."""
-        self._check_num_steps(num_inference_steps)
-        c = self.config
-        timesteps = spaced_timesteps(
-            num_inference_steps, c.num_train_timesteps, c.timestep_spacing, c.steps_offset, rounded=False
-        )
-        self._set_sigma_schedule(timesteps, device)
+        steps = self._spaced_timesteps(num_inference_steps, rounded=False)
+        self._set_sigmas(*self._sigma_schedule(steps, num_inference_steps), device)
 
     def step(
         self,
@@ -45,16 +44,16 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        return_dict: bool = True,
+    ):
         """Euler step to sigma_down, then add sigma_up * noise drawn from `generator`."""
-        sigma = self._current_sigma(timestep)
-        sigma_next = self.sigmas[self._step_index + 1]
+        self._init_step_index(timestep)
+        sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
         sample = sample.float()
         x0 = self._predict_x0(model_output, sample, sigma)
-        self.pred_original_sample = x0
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
         sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
         prev_sample = sample + (sample - x0) / sigma * (sigma_down - sigma)
         noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
         self._step_index += 1
-        return (prev_sample + noise * sigma_up).to(model_output.dtype)
+        return self._output((prev_sample + noise * sigma_up).to(model_output.dtype), x0, return_dict)
