@@ -1,9 +1,11 @@
 """The UNet's down, mid and up blocks (chapter 04).
 
-A down block runs `layers_per_block` ResnetBlock2D (each followed by a Transformer2DModel in the
-cross-attention variant) and then halves the resolution; every intermediate output is kept as a
-skip connection. An up block runs `layers_per_block + 1` resnets, each first concatenating one
-skip (last in, first out) along the channels, and then doubles the resolution.
+A down block runs `layers_per_block` ResnetBlock2D and then halves the resolution; every
+intermediate output is kept as a skip connection. An up block runs `layers_per_block + 1` resnets,
+each first concatenating one skip (last in, first out) along the channels, and then doubles the
+resolution. The cross-attention variants (CrossAttnDownBlock2D, CrossAttnUpBlock2D) are the same
+blocks with a Transformer2DModel after every resnet: one implementation, whose `attentions` is
+None in the plain blocks.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def transformer_layers(
 
 
 class DownBlock2D(nn.Module):
-    """Resnets, then an optional stride-2 downsampler. Returns the output and the skips it produced."""
+    """Resnets (each followed by a transformer when `num_attention_heads` is set), then an optional
+    stride-2 downsampler. Returns the output and the skips it produced."""
 
     def __init__(
         self,
@@ -45,6 +48,9 @@ class DownBlock2D(nn.Module):
         resnet_groups: int = 32,
         add_downsample: bool = True,
         downsample_padding: int = 1,
+        num_attention_heads: int | None = None,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
     ):
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -57,6 +63,16 @@ class DownBlock2D(nn.Module):
             )
             for i in range(num_layers)
         )
+        self.attentions = None
+        if num_attention_heads is not None:
+            self.attentions = transformer_layers(
+                num_layers,
+                out_channels,
+                num_attention_heads,
+                cross_attention_dim,
+                resnet_groups,
+                use_linear_projection,
+            )
         self.downsamplers = (
             nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)])
             if add_downsample
@@ -71,8 +87,10 @@ class DownBlock2D(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = ()
-        for resnet in self.resnets:
+        for i, resnet in enumerate(self.resnets):
             x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, encoder_hidden_states, encoder_attention_mask)
             skips += (x,)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -83,48 +101,8 @@ class DownBlock2D(nn.Module):
 class CrossAttnDownBlock2D(DownBlock2D):
     """DownBlock2D with a Transformer2DModel (self- and cross-attention) after every resnet."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        temb_channels: int,
-        num_layers: int = 2,
-        resnet_eps: float = 1e-5,
-        resnet_groups: int = 32,
-        add_downsample: bool = True,
-        downsample_padding: int = 1,
-        num_attention_heads: int = 8,
-        cross_attention_dim: int = 768,
-        use_linear_projection: bool = False,
-    ):
-        super().__init__(
-            in_channels, out_channels, temb_channels, num_layers, resnet_eps, resnet_groups, add_downsample,
-            downsample_padding,
-        )  # fmt: skip
-        self.attentions = transformer_layers(
-            num_layers,
-            out_channels,
-            num_attention_heads,
-            cross_attention_dim,
-            resnet_groups,
-            use_linear_projection,
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        skips = ()
-        for resnet, attention in zip(self.resnets, self.attentions, strict=True):
-            x = attention(resnet(x, temb), encoder_hidden_states, encoder_attention_mask)
-            skips += (x,)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips += (x,)
-        return x, skips
+    def __init__(self, *args, num_attention_heads: int = 8, **kwargs):
+        super().__init__(*args, num_attention_heads=num_attention_heads, **kwargs)
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -164,7 +142,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 
 class UpBlock2D(nn.Module):
-    """Resnets on [x, skip] concatenated along channels, then an optional nearest-neighbour upsampler.
+    """Resnets on [x, skip] concatenated along channels (each followed by a transformer when
+    `num_attention_heads` is set), then an optional nearest-neighbour upsampler.
 
     The i-th resnet takes `prev_output_channel` (i = 0) or `out_channels` channels from below plus
     the skip's channels: `in_channels` (the last resnet, whose skip comes from the previous level)
@@ -181,6 +160,9 @@ class UpBlock2D(nn.Module):
         resnet_eps: float = 1e-5,
         resnet_groups: int = 32,
         add_upsample: bool = True,
+        num_attention_heads: int | None = None,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
     ):
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -194,6 +176,16 @@ class UpBlock2D(nn.Module):
             )
             for i in range(num_layers)
         )
+        self.attentions = None
+        if num_attention_heads is not None:
+            self.attentions = transformer_layers(
+                num_layers,
+                out_channels,
+                num_attention_heads,
+                cross_attention_dim,
+                resnet_groups,
+                use_linear_projection,
+            )
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(
@@ -204,50 +196,15 @@ class UpBlock2D(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
+        for i, (resnet, skip) in enumerate(zip(self.resnets, reversed(skips), strict=True)):
             x = resnet(torch.cat([x, skip], dim=1), temb)  # [B, C_x + C_skip, H, W] -> [B, C_out, H, W]
+            if self.attentions is not None:
+                x = self.attentions[i](x, encoder_hidden_states, encoder_attention_mask)
         return x if self.upsamplers is None else self.upsamplers[0](x)
 
 
 class CrossAttnUpBlock2D(UpBlock2D):
     """UpBlock2D with a Transformer2DModel after every resnet."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        temb_channels: int,
-        num_layers: int = 3,
-        resnet_eps: float = 1e-5,
-        resnet_groups: int = 32,
-        add_upsample: bool = True,
-        num_attention_heads: int = 8,
-        cross_attention_dim: int = 768,
-        use_linear_projection: bool = False,
-    ):
-        super().__init__(
-            in_channels, prev_output_channel, out_channels, temb_channels, num_layers, resnet_eps,
-            resnet_groups, add_upsample,
-        )  # fmt: skip
-        self.attentions = transformer_layers(
-            num_layers,
-            out_channels,
-            num_attention_heads,
-            cross_attention_dim,
-            resnet_groups,
-            use_linear_projection,
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        skips: tuple[torch.Tensor, ...],
-        temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = resnet(torch.cat([x, skip], dim=1), temb)
-            x = attention(x, encoder_hidden_states, encoder_attention_mask)
-        return x if self.upsamplers is None else self.upsamplers[0](x)
+    def __init__(self, *args, num_attention_heads: int = 8, **kwargs):
+        super().__init__(*args, num_attention_heads=num_attention_heads, **kwargs)
