@@ -336,5 +336,8 @@ def test_hub_ids_are_downloaded_with_huggingface_hub(folder, monkeypatch):
     )
     assert pipe.unet.num_parameters() > 0
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
-    with pytest.raises(FileNotFoundError, match=r"\[hub\]"):
+    with pytest.raises(ImportError, match=r"not a local file.*pip install \"minisd\[hub\]\"") as missing:
         StableDiffusionPipeline.from_pretrained("someone/tiny-sd", device="cpu")
+    assert 'pip install -e ".[hub]"' in str(missing.value) and not isinstance(
+        missing.value, FileNotFoundError
+    )
