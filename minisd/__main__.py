@@ -28,7 +28,8 @@ def cmd_setup(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from minisd.loading import FILE_SUFFIXES, folder_to_single_file, single_file_to_folder
+    from minisd.convert import folder_to_single_file, single_file_to_folder
+    from minisd.loading import FILE_SUFFIXES
 
     src, dst = Path(args.src), Path(args.dst)
     if src.is_dir():
