@@ -18,9 +18,11 @@ from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
 def transformer_layers(
-    num_layers: int, channels: int, heads: int, cross_attention_dim: int, groups: int, linear: bool
-) -> nn.ModuleList:
-    """The `attentions` of a cross-attention block: `num_layers` Transformer2DModels of `heads` heads."""
+    num_layers: int, channels: int, heads: int | None, cross_attention_dim: int, groups: int, linear: bool
+) -> nn.ModuleList | None:
+    """A block's `attentions`: `num_layers` Transformer2DModels of `heads` heads (None: a plain block)."""
+    if heads is None:
+        return None
     return nn.ModuleList(
         Transformer2DModel(
             heads,
@@ -32,6 +34,32 @@ def transformer_layers(
         )
         for _ in range(num_layers)
     )
+
+
+def block_layers(
+    resnet_in_channels: list[int],
+    out_channels: int,
+    temb_channels: int,
+    resnet_eps: float,
+    resnet_groups: int,
+    num_attention_heads: int | None,
+    cross_attention_dim: int,
+    use_linear_projection: bool,
+) -> tuple[nn.ModuleList, nn.ModuleList | None]:
+    """A down or up block's `resnets` (one per entry of `resnet_in_channels`) and their `attentions`."""
+    resnets = nn.ModuleList(
+        ResnetBlock2D(cin, out_channels, temb_channels, resnet_groups, resnet_eps)
+        for cin in resnet_in_channels
+    )
+    attentions = transformer_layers(
+        len(resnets),
+        out_channels,
+        num_attention_heads,
+        cross_attention_dim,
+        resnet_groups,
+        use_linear_projection,
+    )
+    return resnets, attentions
 
 
 class DownBlock2D(nn.Module):
@@ -53,26 +81,10 @@ class DownBlock2D(nn.Module):
         use_linear_projection: bool = False,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                in_channels if i == 0 else out_channels,
-                out_channels,
-                temb_channels,
-                resnet_groups,
-                resnet_eps,
-            )
-            for i in range(num_layers)
-        )
-        self.attentions = None
-        if num_attention_heads is not None:
-            self.attentions = transformer_layers(
-                num_layers,
-                out_channels,
-                num_attention_heads,
-                cross_attention_dim,
-                resnet_groups,
-                use_linear_projection,
-            )
+        self.resnets, self.attentions = block_layers(
+            [in_channels] + [out_channels] * (num_layers - 1), out_channels, temb_channels, resnet_eps,
+            resnet_groups, num_attention_heads, cross_attention_dim, use_linear_projection,
+        )  # fmt: skip
         self.downsamplers = (
             nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)])
             if add_downsample
@@ -165,27 +177,13 @@ class UpBlock2D(nn.Module):
         use_linear_projection: bool = False,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                (prev_output_channel if i == 0 else out_channels)
-                + (in_channels if i == num_layers - 1 else out_channels),
-                out_channels,
-                temb_channels,
-                resnet_groups,
-                resnet_eps,
-            )
-            for i in range(num_layers)
-        )
-        self.attentions = None
-        if num_attention_heads is not None:
-            self.attentions = transformer_layers(
-                num_layers,
-                out_channels,
-                num_attention_heads,
-                cross_attention_dim,
-                resnet_groups,
-                use_linear_projection,
-            )
+        # from below: prev_output_channel, then out_channels; the skip: out_channels, the last in_channels
+        below = [prev_output_channel] + [out_channels] * (num_layers - 1)
+        skip = [out_channels] * (num_layers - 1) + [in_channels]
+        self.resnets, self.attentions = block_layers(
+            [b + s for b, s in zip(below, skip, strict=True)], out_channels, temb_channels, resnet_eps,
+            resnet_groups, num_attention_heads, cross_attention_dim, use_linear_projection,
+        )  # fmt: skip
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(
