@@ -28,7 +28,8 @@ def cmd_setup(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from minisd.loading import FILE_SUFFIXES, folder_to_single_file, single_file_to_folder
+    from minisd.convert import folder_to_single_file, single_file_to_folder
+    from minisd.loading import FILE_SUFFIXES
 
     src, dst = Path(args.src), Path(args.dst)
     if src.is_dir():
@@ -113,13 +114,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from minisd.shapes import TINY_MODEL
+    from pathlib import Path
+
+    from minisd.device import get_device
+    from minisd.loading.assets import cache_dir
     from minisd.training import train_tiny_model
 
-    folder = args.output or TINY_MODEL
+    folder = Path(args.output) if args.output else cache_dir() / "tiny_shapes"
+    device = get_device() if args.device == "auto" else args.device
     kwargs = {"vae_steps": 40, "steps": 200} if args.fast else {}
-    result = train_tiny_model(folder, checkpoint_dir=args.checkpoint_dir, **kwargs)
+    result = train_tiny_model(folder, checkpoint_dir=args.checkpoint_dir, device=device, **kwargs)
     print(f"wrote {folder}: final loss {sum(result['losses'][-100:]) / len(result['losses'][-100:]):.4f}")
+    print(f"try it: python -m minisd evaluate --weights {folder}")
 
 
 def weights_options(p: argparse.ArgumentParser) -> None:
@@ -172,10 +178,19 @@ def main(argv: list[str] | None = None) -> None:
     weights_options(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("train-tiny", help="train the tiny shapes model on the CPU (chapter 07)")
-    p.add_argument("--output", help="folder to write (default: the packaged model's folder)")
+    p.add_argument(
+        "--output",
+        help="folder to write (default ~/.cache/minisd/tiny_shapes; the packaged model is replaced only "
+        "by an explicit --output minisd/shapes/weights/tiny_shapes)",
+    )
     p.add_argument("--fast", action="store_true", help="a few hundred steps, to try the recipe")
     p.add_argument(
         "--checkpoint-dir", help="where to keep checkpoints; rerun to resume (default under ~/.cache/minisd)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default: reproduces the packaged model bit for bit), cuda, mps, or auto (the best one)",
     )
     p.set_defaults(func=cmd_train_tiny)
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from tiny_sd import SD15, TINY_UNET, TINY_VAE, diffusers_components, save_diffusers_pipeline
 
+from minisd import convert
 from minisd import loading as ck
 from minisd.__main__ import main
 from minisd.loading import CheckpointError
@@ -90,7 +91,7 @@ def test_full_size_key_maps_on_meta():
 def test_single_file_loads_in_diffusers(pipeline_folder, tmp_path):
     """A file we write from a diffusers folder is read by diffusers' own from_single_file."""
     path = tmp_path / "sd.safetensors"
-    ck.folder_to_single_file(pipeline_folder, path)
+    convert.folder_to_single_file(pipeline_folder, path)
     ref = StableDiffusionPipeline.from_pretrained(pipeline_folder)
     got = StableDiffusionPipeline.from_single_file(
         str(path), config=str(pipeline_folder), local_files_only=True, safety_checker=None
@@ -139,8 +140,8 @@ def test_ckpt_and_safetensors_round_trip(original, tmp_path):
 
 
 def test_folder_file_folder_round_trip(pipeline_folder, tmp_path):
-    ck.folder_to_single_file(pipeline_folder, tmp_path / "sd.ckpt")
-    ck.single_file_to_folder(tmp_path / "sd.ckpt", tmp_path / "back", config=pipeline_folder)
+    convert.folder_to_single_file(pipeline_folder, tmp_path / "sd.ckpt")
+    convert.single_file_to_folder(tmp_path / "sd.ckpt", tmp_path / "back", config=pipeline_folder)
     ref = StableDiffusionPipeline.from_pretrained(pipeline_folder)
     got = StableDiffusionPipeline.from_pretrained(tmp_path / "back")  # diffusers reads what we wrote
     for name in ("unet", "vae", "text_encoder"):

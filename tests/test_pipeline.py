@@ -17,6 +17,7 @@ from diffusers import StableDiffusionPipeline as RefPipeline
 from PIL import Image
 from tiny_sd import SD15, save_diffusers_pipeline
 
+from minisd import convert
 from minisd import loading as ck
 from minisd.__main__ import main
 from minisd.loading import CheckpointError
@@ -195,10 +196,10 @@ def test_swapping_the_scheduler_object(pipe, ref):
 def test_single_file_and_round_trip(folder, pipe, tmp_path):
     x = latents()
     want = run_ours(pipe, prompt=PROMPT, latents=x)
-    ck.folder_to_single_file(folder, tmp_path / "sd.safetensors")
+    convert.folder_to_single_file(folder, tmp_path / "sd.safetensors")
     single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd.safetensors", config=folder, device="cpu")
     assert max_diff(run_ours(single, prompt=PROMPT, latents=x), want) == 0
-    ck.single_file_to_folder(tmp_path / "sd.safetensors", tmp_path / "back", config=folder)
+    convert.single_file_to_folder(tmp_path / "sd.safetensors", tmp_path / "back", config=folder)
     back = StableDiffusionPipeline.from_pretrained(tmp_path / "back", device="cpu")
     assert max_diff(run_ours(back, prompt=PROMPT, latents=x), want) == 0
 
@@ -224,7 +225,7 @@ def test_wrong_path(tmp_path):
 
 def test_truncated_single_file(folder, tmp_path):
     path = tmp_path / "sd.safetensors"
-    ck.folder_to_single_file(folder, path)
+    convert.folder_to_single_file(folder, path)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="sd.safetensors.*truncated"):
         StableDiffusionPipeline.from_pretrained(path, config=folder)
@@ -294,7 +295,7 @@ def test_full_size_v15_random_weights(tmp_path):
     del ours
     assert max_diff(got, run_ref(load_ref(folder), **kwargs)) < 2e-3
     # the original single file with the packaged v1.5 configs (config=None), like v1-5-pruned-emaonly
-    ck.folder_to_single_file(folder, tmp_path / "sd15.safetensors")
+    convert.folder_to_single_file(folder, tmp_path / "sd15.safetensors")
     single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd15.safetensors", device="cpu")
     assert max_diff(run_ours(single, **kwargs), got) == 0
 
@@ -336,5 +337,8 @@ def test_hub_ids_are_downloaded_with_huggingface_hub(folder, monkeypatch):
     )
     assert pipe.unet.num_parameters() > 0
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
-    with pytest.raises(FileNotFoundError, match=r"\[hub\]"):
+    with pytest.raises(ImportError, match=r"not a local file.*pip install \"minisd\[hub\]\"") as missing:
         StableDiffusionPipeline.from_pretrained("someone/tiny-sd", device="cpu")
+    assert 'pip install -e ".[hub]"' in str(missing.value) and not isinstance(
+        missing.value, FileNotFoundError
+    )

@@ -70,3 +70,23 @@ def test_missing_packaged_model_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(minisd.shapes.tiny, "TINY_MODEL", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="train-tiny"):
         tiny_model_path()
+
+
+def test_cli_train_tiny_writes_to_the_cache_unless_told(monkeypatch, tmp_path):
+    """Training never overwrites the packaged model by default; --device picks where it runs."""
+    import minisd.training
+    from minisd.device import get_device
+    from minisd.shapes import TINY_MODEL
+
+    calls = []
+    fake = lambda folder, **kwargs: calls.append((folder, kwargs)) or {"losses": [0.5]}  # noqa: E731
+    monkeypatch.setattr(minisd.training, "train_tiny_model", fake)
+    monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
+    main(["train-tiny", "--fast"])
+    main(["train-tiny", "--output", str(tmp_path / "mine"), "--device", "auto"])
+    main(["train-tiny", "--output", str(TINY_MODEL)])
+    (default, kw_default), (mine, kw_mine), (packaged, _) = calls
+    assert default == tmp_path / "cache" / "tiny_shapes" and kw_default["device"] == "cpu"
+    assert kw_default["steps"] == 200 and kw_default["checkpoint_dir"] is None
+    assert mine == tmp_path / "mine" and kw_mine["device"] == get_device()
+    assert packaged == TINY_MODEL  # replacing the packaged model takes an explicit --output

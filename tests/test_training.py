@@ -1,9 +1,12 @@
 """The tiny-model recipe: exact resume from checkpoints, the official folder layout, the evaluator."""
 
+import copy
+
 import diffusers
 import pytest
 import torch
 
+from minisd.device import get_device
 from minisd.metrics import evaluate_adherence
 from minisd.models.attention_maps import word_tokens
 from minisd.models.clip import CLIPTextModel
@@ -52,6 +55,28 @@ def test_resumed_training_equals_uninterrupted(parts, tmp_path):
         resumed["unet"].state_dict().values(), straight["unet"].state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(
+    get_device().type == "cpu", reason="no GPU or MPS here: every other test trains on the CPU"
+)
+def test_training_on_the_accelerator_follows_the_cpu(parts):
+    """device= moves models and batches; the random draws come from a CPU generator, so the first
+    losses agree with a CPU run up to the accelerator's rounding."""
+    vae, tok = parts
+    data = ShapesDataset(100)
+    kwargs = dict(batch_size=4, progress=False)
+    cpu = train_text_to_image(*fresh_models(), copy.deepcopy(vae), tok, data, 2, **kwargs)
+    accelerated = train_text_to_image(*fresh_models(), copy.deepcopy(vae), tok, data, 2, device=get_device(),
+                                      **kwargs)  # fmt: skip
+    assert accelerated["unet"].device.type == get_device().type
+    torch.testing.assert_close(
+        torch.tensor(accelerated["losses"]), torch.tensor(cpu["losses"]), rtol=1e-2, atol=1e-3
+    )
+    losses = train_autoencoder(
+        copy.deepcopy(vae), data, steps=1, batch_size=4, progress=False, device=get_device()
+    )
+    assert all(torch.isfinite(torch.tensor(losses)))
 
 
 def test_masked_training_hides_the_padding(parts):

@@ -2,8 +2,8 @@
 
 A chapter cell that shows package code starts with a marker line such as
 `# minisd: minisd/models/resnet.py`; every top-level `def`/`class` in it must equal (by `ast`) the
-definition of the same name in that module. `python -m tools.chapters` rewrites the
-marked cells from the package (`--check` only lists them); `tests/test_notebook_sync.py` fails on any difference.
+definition of the same name in that module. `python -m tools.chapters` rewrites the marked cells
+from the package (`--check` only lists them); `tests/test_notebook_sync.py` fails on any difference.
 """
 
 from __future__ import annotations

@@ -20,11 +20,9 @@ from minisd.loading.single_file import (
     detect_architecture,
     diffusers_to_original,
     ema_key,
-    folder_to_single_file,
     load_checkpoint,
     original_to_diffusers,
     save_checkpoint,
-    single_file_to_folder,
 )
 from minisd.loading.state_dict import CheckpointError, find_weights, load_into, load_safetensors, read_config
 
@@ -40,7 +38,6 @@ __all__ = [
     "diffusers_to_original",
     "ema_key",
     "find_weights",
-    "folder_to_single_file",
     "load_checkpoint",
     "load_into",
     "load_safetensors",
@@ -49,7 +46,6 @@ __all__ = [
     "read_configs",
     "save_checkpoint",
     "sd15_config",
-    "single_file_to_folder",
     "text_encoder_keys",
     "unet_blocks",
     "unet_from_original",

@@ -77,9 +77,10 @@ def hub_download(repo_id: str, variant: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:
-        raise FileNotFoundError(
-            f"{repo_id!r} is not a local file or folder; to download it from the Hugging Face hub, "
-            'install the optional dependency: python -m pip install -e ".[hub]"'
+        raise ImportError(
+            f"{repo_id!r} is not a local file or folder, and downloading it from the Hugging Face hub "
+            'needs the optional huggingface_hub: python -m pip install "minisd[hub]" '
+            '(from a clone of the book: python -m pip install -e ".[hub]")'
         ) from e
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     patterns = [

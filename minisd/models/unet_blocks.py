@@ -1,9 +1,11 @@
 """The UNet's down, mid and up blocks (chapter 04).
 
-A down block runs `layers_per_block` ResnetBlock2D (each followed by a Transformer2DModel in the
-cross-attention variant) and then halves the resolution; every intermediate output is kept as a
-skip connection. An up block runs `layers_per_block + 1` resnets, each first concatenating one
-skip (last in, first out) along the channels, and then doubles the resolution.
+A down block runs `layers_per_block` ResnetBlock2D and then halves the resolution; every
+intermediate output is kept as a skip connection. An up block runs `layers_per_block + 1` resnets,
+each first concatenating one skip (last in, first out) along the channels, and then doubles the
+resolution. The cross-attention variants (CrossAttnDownBlock2D, CrossAttnUpBlock2D) are the same
+blocks with a Transformer2DModel after every resnet: one implementation, whose `attentions` is
+None in the plain blocks.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
 def transformer_layers(
-    num_layers: int, channels: int, heads: int, cross_attention_dim: int, groups: int, linear: bool
-) -> nn.ModuleList:
-    """The `attentions` of a cross-attention block: `num_layers` Transformer2DModels of `heads` heads."""
+    num_layers: int, channels: int, heads: int | None, cross_attention_dim: int, groups: int, linear: bool
+) -> nn.ModuleList | None:
+    """A block's `attentions`: `num_layers` Transformer2DModels of `heads` heads (None: a plain block)."""
+    if heads is None:
+        return None
     return nn.ModuleList(
         Transformer2DModel(
             heads,
@@ -32,8 +36,35 @@ def transformer_layers(
     )
 
 
+def block_layers(
+    resnet_in_channels: list[int],
+    out_channels: int,
+    temb_channels: int,
+    resnet_eps: float,
+    resnet_groups: int,
+    num_attention_heads: int | None,
+    cross_attention_dim: int,
+    use_linear_projection: bool,
+) -> tuple[nn.ModuleList, nn.ModuleList | None]:
+    """A down or up block's `resnets` (one per entry of `resnet_in_channels`) and their `attentions`."""
+    resnets = nn.ModuleList(
+        ResnetBlock2D(cin, out_channels, temb_channels, resnet_groups, resnet_eps)
+        for cin in resnet_in_channels
+    )
+    attentions = transformer_layers(
+        len(resnets),
+        out_channels,
+        num_attention_heads,
+        cross_attention_dim,
+        resnet_groups,
+        use_linear_projection,
+    )
+    return resnets, attentions
+
+
 class DownBlock2D(nn.Module):
-    """Resnets, then an optional stride-2 downsampler. Returns the output and the skips it produced."""
+    """Resnets (each followed by a transformer when `num_attention_heads` is set), then an optional
+    stride-2 downsampler. Returns the output and the skips it produced."""
 
     def __init__(
         self,
@@ -45,18 +76,15 @@ class DownBlock2D(nn.Module):
         resnet_groups: int = 32,
         add_downsample: bool = True,
         downsample_padding: int = 1,
+        num_attention_heads: int | None = None,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                in_channels if i == 0 else out_channels,
-                out_channels,
-                temb_channels,
-                resnet_groups,
-                resnet_eps,
-            )
-            for i in range(num_layers)
-        )
+        self.resnets, self.attentions = block_layers(
+            [in_channels] + [out_channels] * (num_layers - 1), out_channels, temb_channels, resnet_eps,
+            resnet_groups, num_attention_heads, cross_attention_dim, use_linear_projection,
+        )  # fmt: skip
         self.downsamplers = (
             nn.ModuleList([Downsample2D(out_channels, padding=downsample_padding)])
             if add_downsample
@@ -71,8 +99,10 @@ class DownBlock2D(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         skips = ()
-        for resnet in self.resnets:
+        for i, resnet in enumerate(self.resnets):
             x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, encoder_hidden_states, encoder_attention_mask)
             skips += (x,)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -83,48 +113,8 @@ class DownBlock2D(nn.Module):
 class CrossAttnDownBlock2D(DownBlock2D):
     """DownBlock2D with a Transformer2DModel (self- and cross-attention) after every resnet."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        temb_channels: int,
-        num_layers: int = 2,
-        resnet_eps: float = 1e-5,
-        resnet_groups: int = 32,
-        add_downsample: bool = True,
-        downsample_padding: int = 1,
-        num_attention_heads: int = 8,
-        cross_attention_dim: int = 768,
-        use_linear_projection: bool = False,
-    ):
-        super().__init__(
-            in_channels, out_channels, temb_channels, num_layers, resnet_eps, resnet_groups, add_downsample,
-            downsample_padding,
-        )  # fmt: skip
-        self.attentions = transformer_layers(
-            num_layers,
-            out_channels,
-            num_attention_heads,
-            cross_attention_dim,
-            resnet_groups,
-            use_linear_projection,
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        skips = ()
-        for resnet, attention in zip(self.resnets, self.attentions, strict=True):
-            x = attention(resnet(x, temb), encoder_hidden_states, encoder_attention_mask)
-            skips += (x,)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips += (x,)
-        return x, skips
+    def __init__(self, *args, num_attention_heads: int = 8, **kwargs):
+        super().__init__(*args, num_attention_heads=num_attention_heads, **kwargs)
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -164,7 +154,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 
 
 class UpBlock2D(nn.Module):
-    """Resnets on [x, skip] concatenated along channels, then an optional nearest-neighbour upsampler.
+    """Resnets on [x, skip] concatenated along channels (each followed by a transformer when
+    `num_attention_heads` is set), then an optional nearest-neighbour upsampler.
 
     The i-th resnet takes `prev_output_channel` (i = 0) or `out_channels` channels from below plus
     the skip's channels: `in_channels` (the last resnet, whose skip comes from the previous level)
@@ -181,19 +172,18 @@ class UpBlock2D(nn.Module):
         resnet_eps: float = 1e-5,
         resnet_groups: int = 32,
         add_upsample: bool = True,
+        num_attention_heads: int | None = None,
+        cross_attention_dim: int = 768,
+        use_linear_projection: bool = False,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                (prev_output_channel if i == 0 else out_channels)
-                + (in_channels if i == num_layers - 1 else out_channels),
-                out_channels,
-                temb_channels,
-                resnet_groups,
-                resnet_eps,
-            )
-            for i in range(num_layers)
-        )
+        # from below: prev_output_channel, then out_channels; the skip: out_channels, the last in_channels
+        below = [prev_output_channel] + [out_channels] * (num_layers - 1)
+        skip = [out_channels] * (num_layers - 1) + [in_channels]
+        self.resnets, self.attentions = block_layers(
+            [b + s for b, s in zip(below, skip, strict=True)], out_channels, temb_channels, resnet_eps,
+            resnet_groups, num_attention_heads, cross_attention_dim, use_linear_projection,
+        )  # fmt: skip
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
 
     def forward(
@@ -204,50 +194,15 @@ class UpBlock2D(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for resnet, skip in zip(self.resnets, reversed(skips), strict=True):
+        for i, (resnet, skip) in enumerate(zip(self.resnets, reversed(skips), strict=True)):
             x = resnet(torch.cat([x, skip], dim=1), temb)  # [B, C_x + C_skip, H, W] -> [B, C_out, H, W]
+            if self.attentions is not None:
+                x = self.attentions[i](x, encoder_hidden_states, encoder_attention_mask)
         return x if self.upsamplers is None else self.upsamplers[0](x)
 
 
 class CrossAttnUpBlock2D(UpBlock2D):
     """UpBlock2D with a Transformer2DModel after every resnet."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        temb_channels: int,
-        num_layers: int = 3,
-        resnet_eps: float = 1e-5,
-        resnet_groups: int = 32,
-        add_upsample: bool = True,
-        num_attention_heads: int = 8,
-        cross_attention_dim: int = 768,
-        use_linear_projection: bool = False,
-    ):
-        super().__init__(
-            in_channels, prev_output_channel, out_channels, temb_channels, num_layers, resnet_eps,
-            resnet_groups, add_upsample,
-        )  # fmt: skip
-        self.attentions = transformer_layers(
-            num_layers,
-            out_channels,
-            num_attention_heads,
-            cross_attention_dim,
-            resnet_groups,
-            use_linear_projection,
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        skips: tuple[torch.Tensor, ...],
-        temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        for resnet, attention, skip in zip(self.resnets, self.attentions, reversed(skips), strict=True):
-            x = resnet(torch.cat([x, skip], dim=1), temb)
-            x = attention(x, encoder_hidden_states, encoder_attention_mask)
-        return x if self.upsamplers is None else self.upsamplers[0](x)
+    def __init__(self, *args, num_attention_heads: int = 8, **kwargs):
+        super().__init__(*args, num_attention_heads=num_attention_heads, **kwargs)

@@ -48,6 +48,7 @@ def train_text_to_image(
     mask_text_padding: bool = False,
     grounding_weight: float = 0.0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train the UNet and text encoder on the noise-prediction loss; returns EMA models and losses.
 
@@ -57,7 +58,12 @@ def train_text_to_image(
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
     again with the same directory resumes where it stopped.
+
+    The models are moved to `device` (default the CPU, where a run is reproducible bit for bit);
+    the random draws of every step come from a CPU generator, so they do not depend on the device.
     """
+    for model in (unet, text_encoder, vae):
+        model.to(device)
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -67,7 +73,7 @@ def train_text_to_image(
     state = {"step": 0, "losses": []}
     ckpt = Path(checkpoint_dir) / "training_state.pt" if checkpoint_dir else None
     if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         unet.load_state_dict(saved["unet"])
         text_encoder.load_state_dict(saved["text_encoder"])
         ema_unet.model.load_state_dict(saved["ema_unet"])
@@ -80,7 +86,7 @@ def train_text_to_image(
     if not isinstance(dataset, RenderedDataset):
         dataset = RenderedDataset(dataset, progress)
     # the autoencoder is frozen from here on: encode every scene once
-    posteriors = encode_posteriors(vae, dataset.images)  # [N, 8, h, w]
+    posteriors = encode_posteriors(vae, dataset.images.to(device))  # [N, 8, h, w]
     side = posteriors.shape[-1]
     if grounding_weight:
         if dataset.scenes is None:
@@ -99,10 +105,10 @@ def train_text_to_image(
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         posterior = DiagonalGaussianDistribution(posteriors[idx])
         latents = posterior.sample(gen) * vae.scaling_factor  # [B, 4, 8, 8]
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
-        ids = tokenizer(captions)  # [B, 77]
+        ids = tokenizer(captions).to(device)  # [B, 77]
         mask = tokenizer.attention_mask(ids) if mask_text_padding else None
         with recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as maps:
             pred = unet(noisy, t, text_encoder(ids), mask)
@@ -110,7 +116,7 @@ def train_text_to_image(
         if grounding_weight:
             tokens = ground_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
             loss = loss + grounding_weight * grounding_loss(
-                torch.stack(maps).mean(0), tokens, ground_masks[idx]
+                torch.stack(maps).mean(0), tokens.to(device), ground_masks[idx].to(device)
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

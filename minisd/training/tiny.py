@@ -36,6 +36,7 @@ def train_tiny_model(
     mask_text_padding: bool = True,
     grounding_weight: float = 0.01,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """The whole recipe: autoencoder, its scaling factor, then UNet + text encoder; saved to `folder`.
 
@@ -43,6 +44,8 @@ def train_tiny_model(
     (default: one folder per output folder under `~/.cache/minisd/checkpoints`); running again with
     the same directory resumes. Returns the loss histories and the scaling factor, which are also
     written, with the recipe and the seconds this call took, to `folder/training_log.json`.
+    Training runs on `device`: the CPU by default, where the packaged model is reproduced bit for
+    bit (`minisd.device.get_device()` picks a GPU when there is one).
     """
     start = time.time()
     folder = Path(folder)
@@ -55,7 +58,9 @@ def train_tiny_model(
         vae_losses = json.loads((vae_dir / "losses.json").read_text())
     else:
         vae = AutoencoderKL.from_config(TINY_CONFIGS["vae"])
-        vae_losses = train_autoencoder(vae, dataset, vae_steps, batch_size=16, progress=progress)
+        vae_losses = train_autoencoder(
+            vae, dataset, vae_steps, batch_size=16, progress=progress, device=device
+        )
         vae.scaling_factor = latent_scaling_factor(vae.eval(), dataset)
         vae.save_pretrained(vae_dir)
         (vae_dir / "losses.json").write_text(json.dumps(vae_losses))
@@ -65,7 +70,7 @@ def train_tiny_model(
     result = train_text_to_image(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size,
         checkpoint_dir=checkpoint_dir, mask_text_padding=mask_text_padding, grounding_weight=grounding_weight,
-        progress=progress,
+        progress=progress, device=device,
     )  # fmt: skip
     save_model(
         folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
@@ -74,6 +79,7 @@ def train_tiny_model(
     log = {
         "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        "device": str(device),
         "recipe": {**recipe, "mask_text_padding": mask_text_padding, "grounding_weight": grounding_weight},
         "scaling_factor": vae.scaling_factor,
         "vae_losses": [round(x, 5) for x in vae_losses],
