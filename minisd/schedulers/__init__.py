@@ -16,6 +16,7 @@ from minisd.schedulers.common import (
     make_betas,
     predict_x0_and_eps,
     randn_tensor,
+    rescale_zero_terminal_snr,
     sigmas_from_alphas_cumprod,
     spaced_timesteps,
 )
@@ -30,7 +31,6 @@ from minisd.schedulers.scheduling_utils import (
     SchedulerMixin,
     SchedulerOutput,
     SchedulerOutputWithX0,
-    rescale_zero_terminal_snr,
 )
 
 # short name -> (class, config overrides); the names UIs and the CLI use

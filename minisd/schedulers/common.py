@@ -166,3 +166,13 @@ def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.
     flat = x0.float().reshape(x0.shape[0], -1)  # [B, C*H*W]; quantile needs float32
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(1, max_value)[:, None]  # [B, 1]
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so the last timestep has zero SNR (Lin et al. 2023)."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alpha_bar = root**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas

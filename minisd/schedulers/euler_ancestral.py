@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from minisd.schedulers.common import randn_tensor
-from minisd.schedulers.scheduling_utils import SigmaSchedulerMixin, register_to_config
+from minisd.schedulers.scheduling_sigma import SigmaSchedulerMixin
+from minisd.schedulers.scheduling_utils import register_to_config
 
 
 class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):

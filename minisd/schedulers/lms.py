@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from minisd.schedulers.scheduling_utils import SigmaSchedulerMixin, register_to_config
+from minisd.schedulers.scheduling_sigma import SigmaSchedulerMixin
+from minisd.schedulers.scheduling_utils import register_to_config
 
 GAUSS_NODES, GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(4)  # exact up to degree 7 on [-1, 1]
 
