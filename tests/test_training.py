@@ -61,9 +61,10 @@ def test_masked_training_hides_the_padding(parts):
     data = ShapesDataset(100)
 
     class Scrambled(CLIPTextModel):  # a text encoder whose outputs after each caption's EOT are noise
-        def forward(self, ids, clip_skip=0):
-            out = super().forward(ids, clip_skip)
-            return torch.where(tok.attention_mask(ids)[..., None], out, torch.randn_like(out))
+        def forward(self, ids, *args, **kwargs):
+            out = super().forward(ids, *args, **kwargs)
+            hidden = torch.where(tok.attention_mask(ids)[..., None], out[0], torch.randn_like(out[0]))
+            return type(out)(hidden, *out[1:])
 
     def losses(mask, scrambled):
         unet, text = fresh_models()
