@@ -84,6 +84,11 @@ def measure(run, device: torch.device, repeats: int) -> tuple[float, float, np.n
     return seconds, peak, images
 
 
+def images_of(pipe, **call):
+    """The images of one pipeline call."""
+    return pipe(**call).images
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         call |= dict(output_type="np", latents=latents.to(device, dtype))
 
         ours = StableDiffusionPipeline.from_pretrained(folder, dtype=dtype, device=device)
-        ours_s, ours_mem, ours_img = measure(partial(ours, progress=False, **call), device, args.repeats)
+        ours_s, ours_mem, ours_img = measure(
+            partial(images_of, ours, progress=False, **call), device, args.repeats
+        )
         del ours
         gc.collect()
         if device.type == "cuda":

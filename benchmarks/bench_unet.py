@@ -64,7 +64,7 @@ def build_models(device: torch.device, dtype: torch.dtype, compile_models: bool)
     ours.eval()
     if compile_models:
         ours, ref = torch.compile(ours), torch.compile(ref)
-    return ours, lambda *inputs: ref(*inputs).sample
+    return (lambda *inputs: ours(*inputs).sample), (lambda *inputs: ref(*inputs).sample)
 
 
 def main() -> None:

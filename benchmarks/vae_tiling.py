@@ -46,7 +46,7 @@ def main() -> None:
         m.register_forward_hook(lambda m, i, o: largest.append(o.numel()))
     with torch.inference_mode():
         start = time.perf_counter()
-        image = ours.decode(z, tiled=True)
+        image = ours.decode(z, tiled=True).sample
         t_ours = time.perf_counter() - start
         start = time.perf_counter()
         ref_image = ref.decode(z).sample

@@ -2,7 +2,7 @@
 
     import minisd
     pipe = minisd.StableDiffusionPipeline.from_pretrained("stable-diffusion-v1-5")  # or a .safetensors
-    image = pipe("a photograph of an astronaut riding a horse")[0]
+    image = pipe("a photograph of an astronaut riding a horse").images[0]
 
 The parts carry diffusers' and transformers' names, so the official weights load with no renaming.
 """

@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         width=opts["width"],
         generator=torch.Generator().manual_seed(args.seed),
         scheduler=opts["scheduler"],
-    )
+    ).images
     image = images[0]
     if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
         size = (image.width * opts["upscale"], image.height * opts["upscale"])

@@ -49,7 +49,7 @@ def check_parity(config: dict, batch: int, tokens: int):
     diffs = {}
     for clip_skip in (0, 1):
         with torch.no_grad():
-            got = ours(ids, clip_skip=clip_skip)
+            got = ours(ids, clip_skip=clip_skip).last_hidden_state
         want = ref_output(ref, ids, clip_skip)
         assert got.shape == (batch, tokens, config["hidden_size"])
         diffs[clip_skip] = (got - want).abs().max().item()
@@ -57,7 +57,7 @@ def check_parity(config: dict, batch: int, tokens: int):
         assert relative_max_diff(got, want) < 1e-5
     # clip_skip=0 is transformers' own last_hidden_state
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids), ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ours(ids)[0], ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
     return ours, ref, ids
 
 
@@ -65,11 +65,43 @@ def test_small_config_matches_transformers():
     ours, ref, ids = check_parity(SMALL, batch=2, tokens=77)
     with torch.no_grad():
         want = ref(ids, output_hidden_states=True).hidden_states
-        got = ours.hidden_states(ids)
+        got = ours(ids, output_hidden_states=True).hidden_states
         assert len(got) == len(want) == SMALL["num_hidden_layers"] + 1
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(ours(ids, clip_skip=2), ref_output(ref, ids, 2), atol=1e-4, rtol=1e-5)
+        got = ours(ids, clip_skip=2).last_hidden_state
+        torch.testing.assert_close(got, ref_output(ref, ids, 2), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("eos_token_id", [2, 49407], ids=["v1.5-stale-eos", "eos-49407"])
+def test_outputs_pooling_and_masks_match_transformers(eos_token_id):
+    """transformers' conventions: [0] is last_hidden_state, [1] the pooled EOT state; hidden_states
+    only when asked; return_dict=False a plain tuple; attention_mask and position_ids honoured."""
+    config = {**SMALL, "vocab_size": 49408, "eos_token_id": eos_token_id}
+    ref = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
+    ).eval()
+    ours = ours_from(ref, config)
+    ids = torch.full((2, 12), 49407)
+    ids[:, 0] = 49406
+    ids[0, 1:4], ids[1, 1:7] = torch.tensor([320, 1929, 530]), torch.tensor([320, 1929, 530, 22, 23, 24])
+    mask = (torch.arange(12) <= torch.tensor([[4], [7]])).long()  # [2, 12]: the prompt and its EOT
+    positions = torch.arange(12).flip(0)[None].expand(2, -1)
+    with torch.no_grad():
+        out, want = ours(ids), ref(ids)
+        assert len(out) == 2 and out.hidden_states is None
+        assert out[0].shape == (2, 12, SMALL["hidden_size"]) and out[1].shape == (2, SMALL["hidden_size"])
+        torch.testing.assert_close(out.pooler_output, want.pooler_output, atol=1e-4, rtol=1e-5)
+        plain = ours(ids, return_dict=False)
+        assert type(plain) is tuple and len(plain) == 2
+        assert len(ours(ids, output_hidden_states=True)) == 3
+        got = ours(ids, attention_mask=mask, position_ids=positions)
+        want = ref(ids, attention_mask=mask, position_ids=positions)
+        torch.testing.assert_close(got[0], want.last_hidden_state, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(got[1], want.pooler_output, atol=1e-4, rtol=1e-5)
+        assert (got[0] - out[0]).abs().max() > 1e-3  # the mask and positions change the result
+    with pytest.raises(NotImplementedError, match="output_attentions"):
+        ours(ids, output_attentions=True)
 
 
 def test_shorter_sequences_and_causality():
@@ -77,7 +109,7 @@ def test_shorter_sequences_and_causality():
     changed = ids.clone()
     changed[0, 6] = (ids[0, 6] + 1) % SMALL["vocab_size"]
     with torch.no_grad():
-        a, b = ours(ids), ours(changed)
+        a, b = ours(ids)[0], ours(changed)[0]
     assert torch.equal(a[:, :6], b[:, :6])  # earlier tokens cannot see a later change
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
@@ -123,7 +155,7 @@ def test_from_pretrained_transformers_save_pretrained(tmp_path):
     ours = CLIPTextModel.from_pretrained(tmp_path)
     ids = torch.randint(0, SMALL["vocab_size"], (2, 77))
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids), ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ours(ids)[0], ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
 
 
 def test_from_pretrained_official_layout_with_position_ids(tmp_path):
@@ -137,7 +169,7 @@ def test_from_pretrained_official_layout_with_position_ids(tmp_path):
     assert ours.dtype == torch.float64
     ids = torch.randint(0, SMALL["vocab_size"], (1, 77))
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids).float(), ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ours(ids)[0].float(), ref(ids).last_hidden_state, atol=1e-4, rtol=1e-5)
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -148,7 +180,7 @@ def test_save_pretrained_round_trip(tmp_path):
     again = CLIPTextModel.from_pretrained(tmp_path)
     ids = torch.randint(0, SMALL["vocab_size"], (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(again(ids), model.eval()(ids))
+        torch.testing.assert_close(again(ids)[0], model.eval()(ids)[0])
 
 
 def test_wrong_size_checkpoint_is_rejected(tmp_path):
@@ -184,3 +216,5 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.tensor([[49406, 1, 49407]]))
     with pytest.raises(ValueError, match="hidden_act 'relu' is not supported"):
         CLIPTextModel.from_config(SMALL, hidden_act="relu")
+    with pytest.raises(NotImplementedError, match=r"attention_dropout=0\.1"):
+        CLIPTextModel.from_config(SMALL, attention_dropout=0.1)

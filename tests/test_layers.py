@@ -12,6 +12,7 @@ from diffusers.models.upsampling import Upsample2D as RefUpsample2D
 from minisd.models.attention import Attention
 from minisd.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from minisd.models.vae import SpatialSelfAttention
 
 
 def assert_same(ours, ref, *inputs, atol=1e-5):
@@ -44,7 +45,7 @@ def test_spatial_attention_matches_diffusers_vae_block():
         residual_connection=True,
         _from_deprecated_attn_block=True,
     )
-    ours = Attention(64, heads=1, dim_head=64, bias=True, norm_num_groups=32, eps=1e-6)
+    ours = SpatialSelfAttention(64, groups=32)
     assert_same(ours, ref, torch.randn(2, 64, 8, 8))
 
 

@@ -62,7 +62,7 @@ def run_ref(ref, scheduler="pndm", **kwargs):
 
 def run_ours(pipe, scheduler="pndm", **kwargs):
     args = dict(num_inference_steps=2, height=SIZE, width=SIZE, output_type="np", progress=False)
-    return pipe(scheduler=scheduler, **{**args, **kwargs})
+    return pipe(scheduler=scheduler, **{**args, **kwargs}).images
 
 
 def latents(batch=1, seed=1):
@@ -127,8 +127,8 @@ def test_clip_skip(pipe, ref):
 
 def test_prompt_embeds_and_output_types(pipe, ref):
     x = latents()
-    embeds = pipe.text_encoder(pipe.tokenizer(PROMPT))
-    negative = pipe.text_encoder(pipe.tokenizer("ugly"))
+    embeds = pipe.text_encoder(pipe.tokenizer(PROMPT))[0]
+    negative = pipe.text_encoder(pipe.tokenizer("ugly"))[0]
     want = run_ref(ref, prompt_embeds=embeds, negative_prompt_embeds=negative, latents=x)
     got = run_ours(pipe, prompt_embeds=embeds, negative_prompt_embeds=negative, latents=x)
     assert max_diff(got, want) < 2e-3
@@ -148,7 +148,7 @@ def test_mask_text_padding_equals_cutting_the_text(folder, pipe, tmp_path):
 
     def cut(text):  # [1, n, 48]: the embeddings of SOT ... EOT only
         with torch.inference_mode():
-            return pipe.text_encoder(pipe.tokenizer(text))[:, : len(pipe.tokenizer.encode(text))]
+            return pipe.text_encoder(pipe.tokenizer(text))[0][:, : len(pipe.tokenizer.encode(text))]
 
     prompts, negatives = ["a red cube", "two small blue spheres"], ["a dark room", "a big green pyramid"]
     assert [len(pipe.tokenizer.encode(t)) for t in prompts + negatives] == [5, 6, 5, 6]
@@ -161,7 +161,7 @@ def test_mask_text_padding_equals_cutting_the_text(folder, pipe, tmp_path):
     unmasked = run_ours(pipe, prompt=prompts, negative_prompt=negatives, latents=x, num_images_per_prompt=2)
     assert max_diff(got, unmasked) > 1e-3  # the padding is read otherwise
     with pytest.raises(ValueError, match="needs the token ids"), torch.inference_mode():
-        run_ours(masked, prompt_embeds=pipe.text_encoder(pipe.tokenizer(prompts[0])))
+        run_ours(masked, prompt_embeds=pipe.text_encoder(pipe.tokenizer(prompts[0]))[0])
 
 
 def test_output_types(pipe):
@@ -175,6 +175,35 @@ def test_output_types(pipe):
     (image,) = run_ours(pipe, output_type="pil", **kwargs)
     assert isinstance(image, Image.Image) and image.size == (SIZE, SIZE)
     assert np.array_equal(np.asarray(image), (got[0] * 255).round().astype(np.uint8))
+    images, nsfw = pipe(**kwargs, output_type="np", return_dict=False, progress=False)
+    assert nsfw is None and max_diff(images, got) == 0
+
+
+def test_default_size_comes_from_the_model(pipe, ref):
+    """As in diffusers: height = width = unet.config.sample_size * vae_scale_factor (8 * 8 here)."""
+    got = pipe(PROMPT, num_inference_steps=1, output_type="np", progress=False)
+    want = ref(PROMPT, num_inference_steps=1, output_type="np")
+    assert got.images.shape == want.images.shape == (1, 64, 64, 3)
+    assert got.nsfw_content_detected is None
+
+
+def test_step_end_callback_can_replace_the_latents(pipe):
+    seen = []
+
+    def on_step_end(p, i, t, tensors):
+        seen.append((p is pipe, i, tuple(tensors)))
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    kwargs = dict(prompt=PROMPT, latents=latents(), output_type="latent", callback_on_step_end=on_step_end)
+    out = run_ours(pipe, "ddim", **kwargs)  # DDIM: one UNet call per step
+    assert seen == [(True, 0, ("latents",)), (True, 1, ("latents",))] and not out.any()
+
+
+@pytest.mark.parametrize("kwargs", [dict(eta=0.5), dict(guidance_rescale=0.7), dict(timesteps=[999, 500])])
+def test_unimplemented_diffusers_arguments_are_refused_by_name(pipe, kwargs):
+    (name,) = kwargs
+    with pytest.raises(NotImplementedError, match=rf"{name}="):
+        run_ours(pipe, prompt=PROMPT, **kwargs)
 
 
 def test_swapping_the_scheduler_object(pipe, ref):

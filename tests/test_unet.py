@@ -30,7 +30,7 @@ def build_pair(config: dict) -> tuple[UNet2DConditionModel, RefUNet]:
 
 def run_both(ours, ref, sample, timestep, text):
     with torch.no_grad():
-        return ours(sample, timestep, text), ref(sample, timestep, text).sample
+        return ours(sample, timestep, text).sample, ref(sample, timestep, text).sample
 
 
 @pytest.mark.parametrize("config", [SMALL, SD2_SMALL], ids=["v1.5-structure", "sd2-structure"])
@@ -50,13 +50,13 @@ def test_encoder_attention_mask_matches_diffusers():
     sample, text = torch.randn(3, 4, 16, 16), torch.randn(3, 77, 48)
     mask = torch.arange(77) < torch.tensor([[4], [11], [77]])  # [3, 77]: 4, 11 and all tokens
     with torch.no_grad():
-        got = ours(sample, 300, text, encoder_attention_mask=mask)
+        got = ours(sample, 300, text, encoder_attention_mask=mask).sample
         want = ref(sample, 300, text, encoder_attention_mask=mask.float()).sample
         assert relative_max_diff(got, want) < 1e-4
         # a hidden token has no effect: the output is that of the text cut to the visible tokens
-        assert relative_max_diff(got[1:2], ours(sample[1:2], 300, text[1:2, :11])) < 1e-5
-        assert relative_max_diff(got[2:], ours(sample[2:], 300, text[2:])) < 1e-6
-        assert relative_max_diff(got[:1], ours(sample[:1], 300, text[:1])) > 1e-3
+        assert relative_max_diff(got[1:2], ours(sample[1:2], 300, text[1:2, :11]).sample) < 1e-5
+        assert relative_max_diff(got[2:], ours(sample[2:], 300, text[2:]).sample) < 1e-6
+        assert relative_max_diff(got[:1], ours(sample[:1], 300, text[:1]).sample) > 1e-3
     with pytest.raises(ValueError, match=r"encoder_attention_mask has shape \(3, 76\)"):
         ours(sample, 300, text, encoder_attention_mask=mask[:, 1:])
 
@@ -65,7 +65,7 @@ def test_timestep_changes_the_output():
     ours, _ = build_pair(SMALL)
     sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 48)
     with torch.no_grad():
-        assert relative_max_diff(ours(sample, 1, text), ours(sample, 900, text)) > 1e-3
+        assert relative_max_diff(ours(sample, 1, text).sample, ours(sample, 900, text).sample) > 1e-3
 
 
 def test_from_pretrained_loads_a_diffusers_folder(tmp_path):
@@ -90,8 +90,8 @@ def test_half_precision_stays_close_to_fp32(dtype, tol):
     ours, _ = build_pair(SMALL)
     sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 48)
     with torch.no_grad():
-        full = ours(sample, 500, text)
-        half = ours.to(dtype)(sample.to(dtype), 500, text.to(dtype))
+        full = ours(sample, 500, text).sample
+        half = ours.to(dtype)(sample.to(dtype), 500, text.to(dtype)).sample
     assert half.dtype == dtype
     assert relative_max_diff(half, full) < tol
 
@@ -126,6 +126,28 @@ def test_bad_inputs_name_the_problem(sample_shape, text_shape, timestep, match):
 def test_bad_configs_name_the_problem(overrides, match):
     with pytest.raises(ValueError, match=match), torch.device("meta"):
         UNet2DConditionModel.from_config(SMALL, **overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(class_embed_type="timestep"), dict(upcast_attention=True), dict(transformer_layers_per_block=2)],
+)
+def test_unimplemented_diffusers_options_are_refused_by_name(overrides):
+    (name,) = overrides
+    with pytest.raises(NotImplementedError, match=rf"{name}="), torch.device("meta"):
+        UNet2DConditionModel.from_config(SMALL, **overrides)
+
+
+def test_output_conventions_and_refused_forward_arguments():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(SMALL).eval()
+    sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 48)
+    with torch.no_grad():
+        out = unet(sample, 10, text)
+        plain = unet(sample, 10, text, return_dict=False)
+    assert out[0] is out.sample and type(plain) is tuple and torch.equal(plain[0], out.sample)
+    with pytest.raises(NotImplementedError, match="mid_block_additional_residual"):
+        unet(sample, 10, text, mid_block_additional_residual=torch.zeros(1, 64, 1, 1))
 
 
 @pytest.mark.slow

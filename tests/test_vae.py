@@ -49,7 +49,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_parity(ours, ref, x, z):
     with torch.no_grad():
-        post, ref_post = ours.encode(x), ref.encode(x).latent_dist
+        post, ref_post = ours.encode(x).latent_dist, ref.encode(x).latent_dist
         assert relative_max_diff(post.mean, ref_post.mean) < TOL
         assert relative_max_diff(post.std, ref_post.std) < TOL
         assert relative_max_diff(post.logvar, ref_post.logvar) < TOL
@@ -58,7 +58,7 @@ def check_parity(ours, ref, x, z):
         s = post.sample(torch.Generator().manual_seed(7))
         s_ref = ref_post.sample(torch.Generator().manual_seed(7))
         assert relative_max_diff(s, s_ref) < TOL
-        assert relative_max_diff(ours.decode(z), ref.decode(z).sample) < TOL
+        assert relative_max_diff(ours.decode(z).sample, ref.decode(z).sample) < TOL
 
 
 def test_small_vae_matches_diffusers(small):
@@ -68,7 +68,7 @@ def test_small_vae_matches_diffusers(small):
 
 def test_state_dict_keys_are_diffusers_keys(small):
     ours, ref = small
-    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert sorted(ours.state_dict()) == sorted(ref.state_dict())
     assert ours.num_parameters() == ref.num_parameters()
 
 
@@ -101,7 +101,7 @@ def test_from_pretrained_on_a_diffusers_folder(small, tmp_path):
     loaded = AutoencoderKL.from_pretrained(tmp_path)
     z = torch.randn(1, 4, 4, 4)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.decode(z), ours.decode(z))
+        torch.testing.assert_close(loaded.decode(z).sample, ours.decode(z).sample)
     assert loaded.scaling_factor == SD15["scaling_factor"]
     # and our own save_pretrained round-trips
     loaded.save_pretrained(tmp_path / "again")
@@ -114,8 +114,8 @@ def test_tiled_decode_close_to_untiled_and_to_diffusers_tiling(small):
     z = torch.randn(1, 4, 20, 14)  # 2.5 x 1.75 tiles of 8 latents (f = 4 here)
     ref.enable_tiling()
     with torch.no_grad():
-        plain = ours.decode(z)
-        tiled = ours.decode(z, tiled=True)
+        plain = ours.decode(z).sample
+        tiled = ours.decode(z, tiled=True).sample
         ref_tiled = ref.decode(z).sample
     assert tiled.shape == plain.shape == (1, 3, 80, 56)
     # our tiling reproduces diffusers' tiling (same tiles, same cross-fade)
@@ -129,7 +129,7 @@ def test_tiled_decode_close_to_untiled_and_to_diffusers_tiling(small):
     # a tiling that forgets to blend (hard seams) is caught by diffusers' result
     ours.tile_overlap_factor = 0.0
     with torch.no_grad():
-        unblended = ours.decode(z, tiled=True)
+        unblended = ours.decode(z, tiled=True).sample
     ours.tile_overlap_factor = 0.25
     assert relative_max_diff(unblended, ref_tiled) > 10 * TOL
     assert relative_max_diff(unblended, plain) > gap and correlation(unblended, plain) < corr - 0.05
@@ -142,9 +142,9 @@ def test_tiled_encode_matches_diffusers(small):
     ours.enable_tiling()
     try:
         with torch.no_grad():
-            mean = ours.encode(x).mean
+            mean = ours.encode(x).latent_dist.mean
             ref_mean = ref.encode(x).latent_dist.mean
-            plain = ours.encode(x, tiled=False).mean
+            plain = ours.encode(x, tiled=False).latent_dist.mean
     finally:
         ours.enable_tiling(False)
     assert mean.shape == (1, 4, 16, 12)
@@ -156,10 +156,10 @@ def test_sliced_batches_equal_whole_batches(small):
     ours, _ = small
     x, z = image(3, 3, 16, 16), torch.randn(3, 4, 4, 4)
     with torch.no_grad():
-        whole = ours.encode(x).mean, ours.decode(z)
+        whole = ours.encode(x).latent_dist.mean, ours.decode(z).sample
         ours.enable_slicing()
         try:
-            sliced = ours.encode(x).mean, ours.decode(z)
+            sliced = ours.encode(x).latent_dist.mean, ours.decode(z).sample
         finally:
             ours.enable_slicing(False)
     for a, b in zip(whole, sliced, strict=True):
@@ -181,13 +181,19 @@ def test_fp16_decode_overflow_is_redone_in_fp32():
         # huge activations in the decoder's first layers: fine in fp32, > 65504 (inf) in fp16
         vae.decoder.conv_in.weight.abs_().mul_(3e4)
         z = torch.randn(1, 4, 4, 4).abs() + 1
-        want = vae.decode(z)
+        want = vae.decode(z).sample
         vae.half()
         raw = vae.decoder(vae.post_quant_conv(z.half()))
-        got = vae.decode(z)
+        before = {name: p.data_ptr() for name, p in vae.named_parameters()}
+        got = vae.decode(z).sample
     assert not torch.isfinite(raw).all(), "the test needs an fp16 overflow"
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
-    assert vae.dtype == torch.float16  # put back after the upcast
+    # the upcast used fp32 copies: the module's own fp16 tensors were never replaced
+    assert {name: p.data_ptr() for name, p in vae.named_parameters()} == before
+    assert vae.dtype == torch.float16
+    with torch.no_grad():
+        vae.force_upcast = False  # the config says fp16 is safe: no second decode
+        assert not torch.isfinite(vae.decode(z).sample).all()
     assert relative_max_diff(got, want) < 1e-2
 
 
@@ -197,8 +203,8 @@ def test_fp16_decode_without_overflow_stays_fp16(small):
     vae.load_state_dict(ours.state_dict())
     z = torch.randn(1, 4, 4, 4)
     with torch.no_grad():
-        want = vae.decode(z)
-        got = vae.half().decode(z)
+        want = vae.decode(z).sample
+        got = vae.half().decode(z).sample
     assert got.dtype == torch.float16
     assert relative_max_diff(got, want) < 1e-2
 
@@ -220,7 +226,20 @@ def test_bad_inputs_raise_clear_errors(small, call, match):
         call(small[0])
 
 
+def test_forward_and_plain_tuples_match_diffusers(small):
+    ours, ref = small
+    x = image(2, 3, 16, 16)
+    with torch.no_grad():
+        assert relative_max_diff(ours(x).sample, ref(x).sample) < TOL
+        assert relative_max_diff(ours(x, return_dict=False)[0], ref(x, return_dict=False)[0]) < TOL
+        (posterior,) = ours.encode(x, return_dict=False)
+        assert torch.equal(posterior.mean, ours.encode(x)[0].mean)
+        assert type(ours.decode(posterior.mean, return_dict=False)) is tuple
+
+
 def test_bad_config_raises():
+    with pytest.raises(NotImplementedError, match="use_quant_conv=False"):
+        AutoencoderKL.from_config(SMALL, use_quant_conv=False)
     with pytest.raises(ValueError, match="silu"):
         AutoencoderKL.from_config(SMALL, act_fn="gelu")
     with pytest.raises(ValueError, match="same length"):
@@ -253,7 +272,7 @@ def test_full_sd15_tiled_decode_matches_diffusers_and_bounds_activations():
         m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in ours.decoder.modules()
     ]
     with torch.inference_mode():
-        tiled = ours.decode(z, tiled=True)
+        tiled = ours.decode(z, tiled=True).sample
         ref_tiled = ref.decode(z).sample
     for h in hooks:
         h.remove()

@@ -335,6 +335,6 @@ def noise_prediction_loss(candidate: Callable) -> bool:
 
     @torch.no_grad()
     def reference(unet, latents, noise, t, context, alphas_cumprod):
-        return F.mse_loss(unet(scheduler.add_noise(latents, noise, t), t, context), noise)
+        return F.mse_loss(unet(scheduler.add_noise(latents, noise, t), t, context).sample, noise)
 
     return compare_cases("noise_prediction_loss", torch.no_grad()(candidate), reference, cases)

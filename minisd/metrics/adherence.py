@@ -77,19 +77,16 @@ def evaluate_adherence(
     heldout = ShapesDataset(num_prompts, seed=seed, split="heldout")
     scenes = [heldout.scene(i) for i in range(num_prompts) for _ in range(samples_per_prompt)]
     prompts = [s.caption for s in scenes]
-    size = pipe.unet.config["sample_size"] * pipe.vae_scale_factor
     rows = []
     for scale in tqdm(guidance_scales, desc="guidance scales", disable=not progress):
         images = pipe(
             prompts,
             num_inference_steps=num_inference_steps,
             guidance_scale=scale,
-            height=size,
-            width=size,
             generator=torch.Generator().manual_seed(seed),
             output_type="np",
             progress=False,
-        )  # [N, H, W, 3] in [0, 1]
+        ).images  # [N, H, W, 3] in [0, 1], the model's own size
         rates = adherence(images, scenes)
         groups = images.reshape(num_prompts, samples_per_prompt, -1)
         pairs = np.abs(groups[:, :, None] - groups[:, None]).mean(-1)  # [P, S, S]
@@ -167,11 +164,11 @@ def attention_binding(
     scenes = [s for s in map(data.scene, range(len(data))) if s.relation is not None][:num_scenes]
     images = torch.stack([torch.from_numpy(render_scene(s)) for s in scenes]).permute(0, 3, 1, 2)
     images = images.to(pipe.device, pipe.dtype) / 127.5 - 1  # [N, 3, H, W] in [-1, 1]
-    latents = pipe.vae.encode(images).mean * pipe.vae.scaling_factor  # [N, 4, h, w]
+    latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor  # [N, 4, h, w]
     side = latents.shape[-1]
     ids = pipe.tokenizer([s.caption for s in scenes]).to(pipe.device)
     mask = pipe.tokenizer.attention_mask(ids) if pipe.mask_text_padding else None
-    context = pipe.text_encoder(ids)  # [N, 77, D]
+    context = pipe.text_encoder(ids)[0]  # [N, 77, D]
     positions, regions = [], []  # per scene: each word's token; the cells only one object covers
     for scene in scenes:
         positions.append(word_tokens(pipe.tokenizer, scene.caption))

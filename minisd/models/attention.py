@@ -27,12 +27,13 @@ def multi_head_attention(
     return out.transpose(1, 2).reshape(b, n, inner)  # [B, N, h*d]
 
 
-class Attention(nn.Module):
-    """Self-attention, or cross-attention when `encoder_hidden_states` is given.
+# The GroupNorm before a Transformer2DModel's proj_in uses eps 1e-6 in SD's original code and in
+# diffusers, unlike the UNet resnets' 1e-5 (`norm_eps`); it is not a config key.
+TRANSFORMER_GROUP_NORM_EPS = 1e-6
 
-    On a 4-D input [B, C, H, W] (the VAE's mid-block) it normalises with `group_norm`,
-    attends over the H*W positions and adds the input back (a residual connection).
-    """
+
+class Attention(nn.Module):
+    """Self-attention over tokens [B, N, query_dim]; cross-attention when `encoder_hidden_states` is given."""
 
     def __init__(
         self,
@@ -41,13 +42,10 @@ class Attention(nn.Module):
         heads: int = 8,
         dim_head: int = 64,
         bias: bool = False,
-        norm_num_groups: int | None = None,
-        eps: float = 1e-5,
     ):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         self.to_k = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
         self.to_v = nn.Linear(cross_attention_dim or query_dim, inner, bias=bias)
@@ -59,11 +57,8 @@ class Attention(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`attention_mask`: bool, broadcastable to [B, heads, N, M]; False hides a key (a padding token)."""
-        if x.ndim == 4:  # [B, C, H, W]: spatial self-attention with a residual
-            b, c, h, w = x.shape
-            tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)  # [B, HW, C]
-            return x + self.forward(tokens).transpose(1, 2).reshape(b, c, h, w)
+        """x: [B, N, query_dim] -> [B, N, query_dim]. `attention_mask`: bool, broadcastable to
+        [B, heads, N, M]; False hides a key (a padding token)."""
         context = x if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         return self.to_out[0](multi_head_attention(q, k, v, self.heads, mask=attention_mask))
@@ -146,7 +141,7 @@ class Transformer2DModel(nn.Module):
         super().__init__()
         inner = num_attention_heads * attention_head_dim
         self.use_linear_projection = use_linear_projection
-        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6)
+        self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=TRANSFORMER_GROUP_NORM_EPS)
         if use_linear_projection:
             self.proj_in = nn.Linear(in_channels, inner)
             self.proj_out = nn.Linear(inner, in_channels)

@@ -58,12 +58,12 @@ def cross_attention_maps(
 ) -> torch.Tensor:
     """Where each text token is read: the cross-attention softmax weights of one UNet call.
 
-    Runs `unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)` and averages, over
+    Runs `unet(sample, timestep, encoder_hidden_states, encoder_attention_mask=...)` and averages, over
     heads and over every cross-attention layer working on a `side` x `side` grid,
     softmax(q k^T / sqrt(d)) -> [B, side, side, L] (hidden tokens get 0).
     """
     with recording_cross_attention(unet, side) as maps:
-        unet(sample, timestep, encoder_hidden_states, encoder_attention_mask)
+        unet(sample, timestep, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
     if not maps:
         raise ValueError(f"no cross-attention layer works on a {side}x{side} grid for this sample size")
     return torch.stack(maps).mean(0).unflatten(1, (side, side))  # [B, side, side, L]

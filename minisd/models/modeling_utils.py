@@ -1,12 +1,13 @@
 """The loading base every model uses: configs, safetensors files, strict key checks.
 
 Each model class (CLIPTextModel, UNet2DConditionModel, AutoencoderKL, ...) inherits `ModelMixin`,
-which gives it `from_config(dict)`, `from_pretrained(folder, dtype, device, variant)` and
+which gives it `from_config(dict)`, `from_pretrained(folder, dtype=, device=, variant=)` and
 `save_pretrained(folder)` on the official diffusers / transformers folder layout.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -18,26 +19,79 @@ from safetensors.torch import save_file
 from minisd.loading.state_dict import find_weights, load_into, load_safetensors, read_config
 
 
+class ModelConfig(dict):
+    """A model's config: a dict (pass it to `from_config`) whose keys also read as attributes,
+    like diffusers' `unet.config.sample_size`."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def reject_unsupported(model: str, options: dict[str, tuple[object, object]]) -> None:
+    """Raise naming every option set away from the one value minisd implements.
+
+    `options` maps a config key to (given value, the value minisd implements); lists from JSON
+    compare equal to tuples.
+    """
+
+    def differs(value: object, want: object) -> bool:
+        if want is None or value is None:
+            return value is not want
+        return (tuple(value) if isinstance(value, list) else value) != want
+
+    bad = [f"{k}={_short(v)}" for k, (v, want) in options.items() if differs(v, want)]
+    if bad:
+        raise NotImplementedError(
+            f"{model}: minisd does not implement {', '.join(bad)}; leave these options at their defaults"
+        )
+
+
+def _short(value: object) -> str:
+    return f"<tensor {tuple(value.shape)}>" if isinstance(value, torch.Tensor) else repr(value)
+
+
 class ModelMixin(torch.nn.Module):
     """Config handling and the official folder layout for minisd's models.
 
     A subclass takes its config keys as keyword arguments of `__init__` (unknown keys are
     ignored, like diffusers does) and may override `convert_state_dict` to accept other key
-    spellings (e.g. transformers 5 without the `text_model.` prefix).
+    spellings (e.g. transformers 5 without the `text_model.` prefix). However a model is built,
+    `model.config` holds the arguments of its `__init__`, defaults filled in.
     """
 
-    config: dict
+    config: ModelConfig
     weights_name = "diffusion_pytorch_model"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def init_and_record_config(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if type(self) is cls:  # the outermost __init__ records the config
+                bound = inspect.signature(init).bind(self, *args, **kwargs)
+                bound.apply_defaults()
+                self.config = ModelConfig(list(bound.arguments.items())[1:])
+
+        cls.__init__ = init_and_record_config
+
     @classmethod
-    def from_config(cls, config: dict, **overrides):
-        """Build the model (random weights) from official `config.json` keys."""
-        config = {**config, **overrides}
+    def from_config(cls, config: dict | None = None, return_unused_kwargs: bool = False, **kwargs):
+        """Build the model (random weights) from official `config.json` keys; `kwargs` override them.
+
+        `model.config` holds every constructor key (defaults filled in), like diffusers'. With
+        `return_unused_kwargs`, returns (model, the keys the constructor does not take).
+        """
+        config = {k: v for k, v in {**(config or {}), **kwargs}.items() if not k.startswith("_")}
         params = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in config.items() if k in params and k != "self"}
-        model = cls(**kwargs)
-        model.config = {k: v for k, v in config.items() if not k.startswith("_")}
-        return model
+        model = cls(**{k: v for k, v in config.items() if k in params and k != "self"})
+        unused = {k: v for k, v in config.items() if k not in params}
+        model.config.update(unused)  # kept, so that save_pretrained writes them back
+        return (model, unused) if return_unused_kwargs else model
 
     @classmethod
     def convert_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -47,12 +101,19 @@ class ModelMixin(torch.nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        folder: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         variant: str | None = None,
+        torch_dtype: torch.dtype | None = None,
     ):
-        """Load from a diffusers/transformers folder: config.json + weights in safetensors."""
+        """Load from a diffusers/transformers folder: config.json + weights in safetensors.
+
+        `torch_dtype` is diffusers' older spelling of `dtype`.
+        """
+        folder = pretrained_model_name_or_path
+        dtype = _one_dtype(dtype, torch_dtype)
         config = read_config(folder)
         with torch.device("meta"):
             model = cls.from_config(config)
@@ -79,3 +140,10 @@ class ModelMixin(torch.nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _one_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+    """`dtype` or diffusers' older `torch_dtype`; both at once must agree."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree: give one of them")
+    return dtype if dtype is not None else torch_dtype

@@ -5,17 +5,22 @@ The encoder turns an image [B, 3, H, W] in [-1, 1] into a diagonal Gaussian over
 by `scaling_factor` (0.18215 for v1.x) so that they have roughly unit variance. Large images can be
 encoded / decoded in overlapping tiles whose seams are blended (`enable_tiling`), batches one image
 at a time (`enable_slicing`), and an fp16 decode that overflows is redone in fp32.
+
+As in diffusers, `encode` returns `AutoencoderKLOutput(latent_dist)` and `decode` returns
+`DecoderOutput(sample)`: named tuples, read by attribute or by index.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from minisd.models.attention import Attention
-from minisd.models.modeling_utils import ModelMixin
+from minisd.models.modeling_utils import ModelMixin, reject_unsupported
 from minisd.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 EPS = 1e-6  # the VAE's GroupNorm eps everywhere (1e-5 would be a silent drift)
@@ -47,6 +52,18 @@ class DiagonalGaussianDistribution:
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) per example, summed over channels and positions: [B]."""
         return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+
+
+class AutoencoderKLOutput(NamedTuple):
+    """What `encode` returns: the posterior over the latents."""
+
+    latent_dist: DiagonalGaussianDistribution
+
+
+class DecoderOutput(NamedTuple):
+    """What `decode` (and `forward`) return: the image [B, 3, H, W], about [-1, 1]."""
+
+    sample: torch.Tensor
 
 
 class DownEncoderBlock2D(nn.Module):
@@ -90,19 +107,35 @@ class UpDecoderBlock2D(nn.Module):
         return x
 
 
+class SpatialSelfAttention(Attention):
+    """Single-head self-attention over the h*w positions of a feature map, with a residual.
+
+    GroupNorm, then the feature map [B, C, h, w] read as h*w tokens [B, hw, C], attention, and the
+    tokens folded back into a map and added to the input.
+    """
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__(channels, heads=1, dim_head=channels, bias=True)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.group_norm(x).view(b, c, h * w).transpose(1, 2)  # [B, hw, C]
+        out = super().forward(tokens)  # [B, hw, C]
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
 class UNetMidBlock2D(nn.Module):
     """ResNet -> single-head spatial self-attention over all h*w positions -> ResNet."""
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.attentions = nn.ModuleList(
-            [Attention(channels, heads=1, dim_head=channels, bias=True, norm_num_groups=groups, eps=EPS)]
-        )
+        self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)])
         self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, EPS) for _ in range(2)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
-        x = self.attentions[0](x)  # [B, C, h, w], residual inside
+        x = self.attentions[0](x)  # [B, C, h, w]
         return self.resnets[1](x)
 
 
@@ -211,8 +244,10 @@ def tiled_apply(
 class AutoencoderKL(ModelMixin):
     """Stable Diffusion's VAE with diffusers' config keys and state-dict names.
 
-    `encode(x)` -> DiagonalGaussianDistribution over latents; `decode(z)` -> image in about [-1, 1].
-    Latents for the UNet are `posterior.sample() * vae.scaling_factor`; decode `z / scaling_factor`.
+    `encode(x).latent_dist` is the posterior over latents; `decode(z).sample` the image in about
+    [-1, 1]. Latents for the UNet are `vae.encode(x).latent_dist.sample() * vae.config.scaling_factor`;
+    decode `z / scaling_factor`. `force_upcast=False` says the VAE is safe in fp16: an fp16 decode
+    that overflows is then returned as it is instead of being redone in fp32.
     """
 
     def __init__(
@@ -228,8 +263,26 @@ class AutoencoderKL(ModelMixin):
         norm_num_groups: int = 32,
         sample_size: int = 32,
         scaling_factor: float = 0.18215,
+        shift_factor: float | None = None,
+        latents_mean: Sequence[float] | None = None,
+        latents_std: Sequence[float] | None = None,
+        force_upcast: bool = True,
+        use_quant_conv: bool = True,
+        use_post_quant_conv: bool = True,
+        mid_block_add_attention: bool = True,
     ):
         super().__init__()
+        reject_unsupported(
+            "AutoencoderKL",
+            dict(
+                shift_factor=(shift_factor, None),
+                latents_mean=(latents_mean, None),
+                latents_std=(latents_std, None),
+                use_quant_conv=(use_quant_conv, True),
+                use_post_quant_conv=(use_post_quant_conv, True),
+                mid_block_add_attention=(mid_block_add_attention, True),
+            ),
+        )
         n = len(block_out_channels)
         if set(down_block_types) != {"DownEncoderBlock2D"} or set(up_block_types) != {"UpDecoderBlock2D"}:
             raise ValueError(
@@ -243,6 +296,7 @@ class AutoencoderKL(ModelMixin):
             raise ValueError(f"act_fn={act_fn!r} is not supported; Stable Diffusion's VAE uses 'silu'")
         self.in_channels, self.latent_channels = in_channels, latent_channels
         self._scaling_factor = scaling_factor
+        self.force_upcast = force_upcast
         self.downscale = 2 ** (n - 1)  # f: 8 for v1.5
         block_out_channels = list(block_out_channels)
         self.encoder = Encoder(
@@ -296,9 +350,12 @@ class AutoencoderKL(ModelMixin):
     def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))  # [B, 2C, H/f, W/f]
 
-    def encode(self, x: torch.Tensor, tiled: bool | None = None) -> DiagonalGaussianDistribution:
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True, tiled: bool | None = None
+    ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Image [B, 3, H, W] in [-1, 1] (H, W divisible by f) -> posterior over [B, 4, H/f, W/f].
 
+        Returns `AutoencoderKLOutput(latent_dist)` (a plain 1-tuple with `return_dict=False`).
         `tiled` overrides `enable_tiling()`.
         """
         self._check_input(x, self.in_channels, "the image")
@@ -317,49 +374,55 @@ class AutoencoderKL(ModelMixin):
             )
         tiled = self.use_tiling if tiled is None else tiled
         parts = x.to(self.dtype).split(1) if self.use_slicing and x.shape[0] > 1 else [x.to(self.dtype)]
-        return DiagonalGaussianDistribution(torch.cat([self._encode(p, tiled) for p in parts]))
+        posterior = DiagonalGaussianDistribution(torch.cat([self._encode(p, tiled) for p in parts]))
+        return AutoencoderKLOutput(posterior) if return_dict else (posterior,)
 
-    def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))  # [B, 3, f*h, f*w]
+    def _decode(self, z: torch.Tensor, tiled: bool, post_quant_conv: nn.Module, decoder: nn.Module):
+        def decode_tile(z: torch.Tensor) -> torch.Tensor:
+            return decoder(post_quant_conv(z))  # [B, 3, f*h, f*w]
 
-    def _decode(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
         size = self.tile_latent_min_size
         if tiled and max(z.shape[-2:]) > size:
-            return tiled_apply(
-                self._decode_tile, z, size, self.tile_sample_min_size, self.tile_overlap_factor
-            )
-        return self._decode_tile(z)
+            return tiled_apply(decode_tile, z, size, self.tile_sample_min_size, self.tile_overlap_factor)
+        return decode_tile(z)
 
-    def decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        z: torch.Tensor,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+        tiled: bool | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
         """Latent [B, 4, h, w] (already divided by scaling_factor) -> image [B, 3, f*h, f*w].
 
-        `tiled` overrides `enable_tiling()`. In fp16, an output with inf/NaN (activations above
-        65504) is decoded again with the decoder in fp32 and returned in fp16.
+        Returns `DecoderOutput(sample)` (a plain 1-tuple with `return_dict=False`). `generator`
+        is unused, as in diffusers: decoding draws no noise. `tiled` overrides `enable_tiling()`.
+        In fp16, an output with inf/NaN (activations above 65504) is decoded again by an fp32
+        copy of the decoder and returned in fp16 (unless `force_upcast=False`).
         """
         self._check_input(z, self.latent_channels, "the latent")
         tiled = self.use_tiling if tiled is None else tiled
         z = z.to(self.dtype)
         parts = z.split(1) if self.use_slicing and z.shape[0] > 1 else [z]
-        image = torch.cat([self._decode(p, tiled) for p in parts])
-        if self.dtype == torch.float16 and not torch.isfinite(image).all():
+        image = torch.cat([self._decode(p, tiled, self.post_quant_conv, self.decoder) for p in parts])
+        if self.dtype == torch.float16 and self.force_upcast and not torch.isfinite(image).all():
             image = self._decode_upcast(z, tiled)
-        return image
+        return DecoderOutput(image) if return_dict else (image,)
 
     def _decode_upcast(self, z: torch.Tensor, tiled: bool) -> torch.Tensor:
-        """Decode in fp32 (the decoder moves to fp32 and back; fp16 -> fp32 -> fp16 is exact)."""
-        parts = [self.post_quant_conv, self.decoder]
-        for p in parts:
-            p.float()
-        try:
-            return self._decode(z.float(), tiled).half()
-        finally:
-            for p in parts:
-                p.half()
+        """Decode with fp32 copies of post_quant_conv and the decoder; the module itself is untouched."""
+        post_quant_conv = copy.deepcopy(self.post_quant_conv).float()
+        decoder = copy.deepcopy(self.decoder).float()
+        return self._decode(z.float(), tiled, post_quant_conv, decoder).half()
 
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = False, generator: torch.Generator | None = None
-    ):
-        """Reconstruct x: encode, take the posterior's mode (or a sample), decode -> (image, posterior)."""
-        posterior = self.encode(x)
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Reconstruct an image: encode, take the posterior's mode (or a sample), decode."""
+        posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z), posterior
+        return self.decode(z, return_dict=return_dict)

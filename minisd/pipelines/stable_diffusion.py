@@ -7,7 +7,9 @@ The five parts and what flows between them (SD v1.5, 512x512):
     unet x steps  latents, t, text -> eps; CFG: eps_u + g (eps_c - eps_u); scheduler.step -> latents
     vae.decode    latents / 0.18215 -> image [B, 3, 512, 512] in [-1, 1] -> [0, 1]
 The order of operations (and of the two CFG halves) follows diffusers, so a run with the same
-weights and injected latents reproduces its images.
+weights and injected latents reproduces its images. So do the call's arguments, its defaults (the
+image size from the UNet's `sample_size`, the scheduler from the folder) and its result,
+`StableDiffusionPipelineOutput(images, nsfw_content_detected)`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ from minisd.loading.configs import CONFIG_DIR, read_configs
 from minisd.loading.single_file import load_checkpoint, original_to_diffusers
 from minisd.loading.state_dict import load_into, read_config
 from minisd.models.clip import CLIPTextModel
+from minisd.models.modeling_utils import _one_dtype, reject_unsupported
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL
@@ -37,6 +41,14 @@ from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODELS = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL}
+
+
+class StableDiffusionPipelineOutput(NamedTuple):
+    """What a pipeline call returns: the images (PIL list, array, tensor or latents, by `output_type`)
+    and, as in diffusers, a per-image NSFW flag: None, since minisd has no safety checker."""
+
+    images: list | np.ndarray | torch.Tensor
+    nsfw_content_detected: list[bool] | None
 
 
 def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -73,18 +85,36 @@ def _scheduler(config: dict) -> SchedulerMixin:
 
 
 class StableDiffusionPipeline:
-    """Text-to-image with SD v1.x: `pipe(prompt)` -> list of PIL images (see the module docstring)."""
+    """Text-to-image with SD v1.x: `pipe(prompt).images` -> list of PIL images (see the module docstring).
+
+    The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
+    feature extractor or image encoder, so those must stay None (`requires_safety_checker` is
+    accepted and has nothing to check). `scheduler_config` and `mask_text_padding` are minisd's.
+    """
 
     def __init__(
         self,
-        tokenizer: CLIPTokenizer,
-        text_encoder: CLIPTextModel,
-        unet: UNet2DConditionModel,
         vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
+        safety_checker: None = None,
+        feature_extractor: None = None,
+        image_encoder: None = None,
+        requires_safety_checker: bool = True,
+        *,
         scheduler_config: dict | None = None,
         mask_text_padding: bool = False,
     ):
+        reject_unsupported(
+            "StableDiffusionPipeline",
+            dict(
+                safety_checker=(safety_checker, None),
+                feature_extractor=(feature_extractor, None),
+                image_encoder=(image_encoder, None),
+            ),
+        )
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         # hide the padding after EOT from the UNet's cross-attention: off for SD, which was trained
         # reading all 77 tokens; on for chapter 07's tiny model (model_index.json says which)
@@ -97,13 +127,15 @@ class StableDiffusionPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
         config: str | os.PathLike | None = None,
         tokenizer: CLIPTokenizer | str | os.PathLike | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         variant: str | None = None,
         use_ema: bool | None = None,
+        torch_dtype: torch.dtype | None = None,
     ) -> StableDiffusionPipeline:
         """Load a diffusers folder (model_index.json, unet/, vae/, ...) or one original checkpoint file;
         a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5" is downloaded first (needs
@@ -111,13 +143,15 @@ class StableDiffusionPipeline:
 
         For a single file (`.safetensors` or `.ckpt`, never unpickling code), `config` names a
         diffusers-layout folder holding the configs; None means SD v1.5. `use_ema`: see
-        minisd.loading. `device` defaults to `get_device()`, `dtype` to float32.
+        minisd.loading. `device` defaults to `get_device()`, `dtype` (or diffusers' older spelling
+        `torch_dtype`) to float32.
         """
+        path = pretrained_model_name_or_path
         if not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
             path = hub_download(str(path), variant)  # "owner/name": a model hub repository
         path = Path(path)
         device = torch.device(device) if device is not None else get_device()
-        dtype = dtype or torch.float32  # also for fp16 files: CPUs compute in fp32
+        dtype = _one_dtype(dtype, torch_dtype) or torch.float32  # also for fp16 files: CPUs compute in fp32
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise FileNotFoundError(
@@ -138,7 +172,10 @@ class StableDiffusionPipeline:
         # the cheap parts first, so that a bad scheduler or tokenizer fails before gigabytes are read
         scheduler, tokenizer = _scheduler(scheduler_config), _tokenizer(tokenizer, folder)
         if path.is_dir():
-            models = {n: c.from_pretrained(path / n, dtype, device, variant) for n, c in MODELS.items()}
+            models = {
+                n: c.from_pretrained(path / n, dtype=dtype, device=device, variant=variant)
+                for n, c in MODELS.items()
+            }
         else:
             parts = original_to_diffusers(
                 load_checkpoint(path), configs["unet"], configs["vae"], use_ema, name=str(path)
@@ -150,7 +187,7 @@ class StableDiffusionPipeline:
                 state = model_cls.convert_state_dict(parts.pop(name))
                 models[name] = load_into(model, state, dtype=dtype, device=device)
         return cls(
-            tokenizer,
+            tokenizer=tokenizer,
             scheduler=scheduler,
             scheduler_config=scheduler_config,
             mask_text_padding=bool(index.get("mask_text_padding", False)),
@@ -192,14 +229,14 @@ class StableDiffusionPipeline:
         """
         if prompt_embeds is None:
             ids = self.tokenizer(prompt).to(self.device)  # [B, 77]
-            prompt_embeds = self.text_encoder(ids, clip_skip=clip_skip or 0)  # [B, 77, 768]
+            prompt_embeds = self.text_encoder(ids, clip_skip=clip_skip or 0)[0]  # [B, 77, 768]
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         if not do_classifier_free_guidance:
             return prompt_embeds, None
         b = prompt_embeds.shape[0]
         if negative_prompt_embeds is None:
             negative = _negative_prompts(negative_prompt, b)
-            negative_prompt_embeds = self.text_encoder(self.tokenizer(negative).to(self.device))
+            negative_prompt_embeds = self.text_encoder(self.tokenizer(negative).to(self.device))[0]
         if negative_prompt_embeds.shape != prompt_embeds.shape:
             raise ValueError(
                 f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} and prompt_embeds "
@@ -267,30 +304,61 @@ class StableDiffusionPipeline:
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
         num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 7.5,
-        height: int = 512,
-        width: int = 512,
-        num_images_per_prompt: int = 1,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int | None = 1,
+        eta: float = 0.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' default)
         scheduler: str | SchedulerMixin | None = None,
-        output_type: str = "pil",
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         progress: bool = True,
-    ) -> list | np.ndarray | torch.Tensor:
-        """Generate images: PIL list ("pil"), float [B, H, W, 3] in [0, 1] ("np"), [B, 3, H, W] in
-        [0, 1] ("pt") or the final latents ("latent").
+    ) -> StableDiffusionPipelineOutput | tuple:
+        """Generate images -> `StableDiffusionPipelineOutput(images, nsfw_content_detected=None)`:
+        a PIL list ("pil"), float [B, H, W, 3] in [0, 1] ("np"), [B, 3, H, W] in [0, 1] ("pt") or
+        the final latents ("latent"); `return_dict=False` gives the plain tuple.
 
-        guidance_scale <= 1 skips classifier-free guidance (one UNet pass per step). `scheduler`
-        takes a name ("ddim", "euler_a", "dpm++2m_karras", ...) built from the model's scheduler
-        config, or a scheduler object, for this call only. `callback(i, t, latents)` runs after
-        each step (e.g. to keep intermediate latents).
+        The arguments are diffusers', in its order and with its defaults: `height`/`width` default
+        to the UNet's `sample_size` times `vae_scale_factor`; guidance_scale <= 1 skips
+        classifier-free guidance (one UNet pass per step). `callback_on_step_end(pipe, i, t,
+        {"latents": ...})` runs after each step and may return replaced latents. diffusers' options
+        minisd does not implement are refused when set. minisd's own, after them: `scheduler` takes
+        a name ("ddim", "euler_a", "dpm++2m_karras", ...) built from the model's scheduler config,
+        or a scheduler object, for this call only; `callback(i, t, latents)` runs after each step;
+        `progress` shows a progress bar.
         """
+        reject_unsupported(
+            "StableDiffusionPipeline",
+            dict(
+                timesteps=(timesteps, None),
+                sigmas=(sigmas, None),
+                eta=(eta, 0.0),
+                ip_adapter_image=(ip_adapter_image, None),
+                ip_adapter_image_embeds=(ip_adapter_image_embeds, None),
+                cross_attention_kwargs=(cross_attention_kwargs, None),
+                guidance_rescale=(guidance_rescale, 0.0),
+                callback_on_step_end_tensor_inputs=(callback_on_step_end_tensor_inputs, ("latents",)),
+            ),
+        )
+        default_size = self.unet.config["sample_size"] * self.vae_scale_factor
+        height, width = height or default_size, width or default_size
+        num_images_per_prompt = num_images_per_prompt or 1
         self._check_inputs(prompt, prompt_embeds, height, width, output_type, num_inference_steps)
         if scheduler is None:
             scheduler = self.scheduler
@@ -316,15 +384,20 @@ class StableDiffusionPipeline:
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask)  # [2B, 4, h, w]
+            eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
             if do_cfg:
-                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)
+                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # [B, 4, h, w]
             latents = scheduler.step(eps, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
+            if callback_on_step_end is not None:
+                latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
             if callback is not None:
                 callback(i, t, latents)
 
-        if output_type == "latent":
-            return latents
+        images = latents if output_type == "latent" else self.postprocess(latents, output_type)
+        return StableDiffusionPipelineOutput(images, None) if return_dict else (images, None)
+
+    def postprocess(self, latents: torch.Tensor, output_type: str) -> list | np.ndarray | torch.Tensor:
+        """Decode latents into images of `output_type` ("pt", "np" or "pil")."""
         images = self.decode_latents(latents)  # [B, 3, H, W] in [0, 1]
         if output_type == "pt":
             return images
@@ -334,5 +407,5 @@ class StableDiffusionPipeline:
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, 4, h, w] -> images [B, 3, fh, fw] in [0, 1]."""
-        images = self.vae.decode(latents / self.vae.scaling_factor)  # [-1, 1]
+        images = self.vae.decode(latents / self.vae.scaling_factor).sample  # [-1, 1]
         return (images / 2 + 0.5).clamp(0, 1)

@@ -32,8 +32,8 @@ def train_autoencoder(
     for step in tqdm(range(steps), desc="autoencoder", disable=not progress):
         x, _ = batch(dataset, batch_size, step, seed=1)
         x = x.to(device)
-        posterior = vae.encode(x)
-        recon = vae.decode(posterior.sample())
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / x[0].numel()  # per pixel, like the L1 term: the LDM paper's ratio
         loss = F.l1_loss(recon, x) + kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -48,4 +48,5 @@ def train_autoencoder(
 def latent_scaling_factor(vae: AutoencoderKL, dataset: torch.utils.data.Dataset, n: int = 512) -> float:
     """1 / std of the latents over `n` images: how SD's 0.18215 was chosen (unit-variance latents)."""
     x = torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))]).to(vae.device)
-    return 1.0 / vae.encode(x).sample(torch.Generator().manual_seed(0)).std().item()
+    latents = vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(0))
+    return 1.0 / latents.std().item()

@@ -47,4 +47,4 @@ def batch(
 def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The frozen autoencoder's posterior parameters (mean and log-variance) [N, 8, h, w] of every
     image, computed once: a training step then only samples z = mean + std * noise."""
-    return torch.cat([vae.encode(x).parameters for x in images.split(batch_size)])
+    return torch.cat([vae.encode(x).latent_dist.parameters for x in images.split(batch_size)])

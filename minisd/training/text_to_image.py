@@ -111,7 +111,7 @@ def train_text_to_image(
         ids = tokenizer(captions).to(device)  # [B, 77]
         mask = tokenizer.attention_mask(ids) if mask_text_padding else None
         with recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as maps:
-            pred = unet(noisy, t, text_encoder(ids), mask)
+            pred = unet(noisy, t, text_encoder(ids)[0], encoder_attention_mask=mask).sample
         loss = F.mse_loss(pred, noise)
         if grounding_weight:
             tokens = ground_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
