@@ -119,19 +119,16 @@ def relation_control(
     data = ShapesDataset(20 * num_scenes, seed=seed, split="heldout")
     scenes = [s for s in map(data.scene, range(len(data))) if s.relation is not None][:num_scenes]
     twins = [reversed_relation(s) for s in scenes]
-    size = pipe.unet.config["sample_size"] * pipe.vae_scale_factor
 
     def draw(batch: list[ShapeScene]) -> np.ndarray:
         return pipe(
             [s.caption for s in batch],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            height=size,
-            width=size,
             generator=[torch.Generator().manual_seed(seed + i) for i in range(len(batch))],
             output_type="np",
             progress=False,
-        )  # [N, H, W, 3] in [0, 1]
+        ).images  # [N, H, W, 3] in [0, 1]
 
     images, twin_images = draw(scenes), draw(twins)
     right = [adherence(img[None], [s])["relation"] for img, s in zip(images, scenes, strict=True)]

@@ -4,7 +4,7 @@ scheduler = get_scheduler("dpm++2m_karras", scheduler_config)   # or DDIMSchedul
 scheduler.set_timesteps(25)
 x = torch.randn(shape, generator=g) * scheduler.init_noise_sigma
 for t in scheduler.timesteps:
-    eps = unet(scheduler.scale_model_input(x, t), t, text)
+    eps = unet(scheduler.scale_model_input(x, t), t, text).sample
     x = scheduler.step(eps, t, x, generator=g).prev_sample   # diffusers' output convention
 """
 
