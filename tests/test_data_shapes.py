@@ -1,6 +1,7 @@
 """The captioned shapes dataset: deterministic, held-out pairs kept out of training, a faithful reader."""
 
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from minisd.shapes import (
     ShapesDataset,
     random_scene,
     render_scene,
+    reversed_relation,
     score_image,
 )
 
@@ -179,3 +181,41 @@ def test_shape_coverage_is_the_area():
         cover = shape_coverage(Shape("red", name, 0.5, 0.5, 0.5), 8, supersample=16)
         assert cover.min() >= 0 and cover.max() <= 1
         assert abs(cover.sum() / 64 - area * 0.25) < 0.01, name
+
+
+class _DrawingPipe:
+    """A stand-in pipeline that draws each caption's scene exactly, or with the relation word ignored."""
+
+    def __init__(self, scenes, ignore_relation: bool):
+        self.by_caption = {}
+        for s in scenes:
+            a, b = s.shapes
+            swapped = (
+                Shape(a.color, a.shape, b.cx, b.cy, a.size),
+                Shape(b.color, b.shape, a.cx, a.cy, b.size),
+            )
+            twin = reversed_relation(s)
+            self.by_caption[s.caption] = s
+            # the twin caption: drawn with the objects exchanged (right), or as the original (word ignored)
+            self.by_caption[twin.caption] = (
+                s if ignore_relation else ShapeScene(s.background, swapped, twin.relation)
+            )
+
+    def __call__(self, prompts, **kwargs):
+        images = np.stack([render_scene(self.by_caption[p]) for p in prompts]) / 255.0
+
+        return SimpleNamespace(images=images)
+
+
+@pytest.mark.parametrize("ignore_relation", [False, True])
+def test_relation_control_tells_a_model_that_reads_the_relation_word(ignore_relation):
+    from minisd.metrics import relation_control
+
+    data = ShapesDataset(20 * 24, seed=0, split="heldout")
+    scenes = [s for s in map(data.scene, range(len(data))) if s.relation is not None][:24]
+    result = relation_control(_DrawingPipe(scenes, ignore_relation), num_scenes=24)
+    assert result["relation"] == 1.0
+    if ignore_relation:
+        assert result["reversed"] == 0.0 and result["both"] == 0.0 and result["changed"] == 0.0
+    else:
+        assert result["reversed"] == 1.0 and result["both"] == 1.0 and result["changed"] > 0.05
