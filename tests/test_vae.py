@@ -6,7 +6,8 @@ from conftest import relative_max_diff
 from diffusers import AutoencoderKL as RefAutoencoderKL
 
 from minisd.loading import sd15_config
-from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution, blend_seam
+from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
+from minisd.models.vae_tiling import blend_seam
 
 SD15 = sd15_config("vae")  # the official v1.5 vae/config.json, shipped in the package
 SMALL = {
