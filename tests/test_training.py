@@ -58,7 +58,8 @@ def test_resumed_training_equals_uninterrupted(parts, tmp_path):
 
 
 @pytest.mark.skipif(
-    get_device().type == "cpu", reason="needs a GPU or MPS device (none here); every other test trains on the CPU"
+    get_device().type == "cpu",
+    reason="needs a GPU or MPS device (none here); the other tests train on the CPU",
 )
 def test_training_on_the_accelerator_follows_the_cpu(parts):
     """device= moves models and batches; the random draws come from a CPU generator, so the first
