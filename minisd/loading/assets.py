@@ -1,5 +1,5 @@
-"""Where minisd keeps its files: CLIP's BPE vocabulary (fetched, chapter 01) and the tiny shapes model
-(shipped in the package, chapter 07)."""
+"""Files minisd fetches: CLIP's BPE vocabulary (chapter 01) into the user cache, and diffusers-layout
+models from the Hugging Face hub when the optional `huggingface_hub` is installed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The loading base every model uses: configs, safetensors files, strict key checks.
+"""ModelMixin, the base of every model: its config and the official folder layout.
 
 Each model class (CLIPTextModel, UNet2DConditionModel, AutoencoderKL, ...) inherits `ModelMixin`,
 which gives it `from_config(dict)`, `from_pretrained(folder, dtype=, device=, variant=)` and
