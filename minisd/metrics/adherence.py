@@ -30,6 +30,11 @@ from minisd.shapes import (
 KINDS = ("single", "two alike", "relation")
 
 
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """Float pictures [N, H, W, 3] in [0, 1] -> uint8, as the reader takes them."""
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
 def adherence(images: np.ndarray, scenes: Sequence[ShapeScene]) -> dict[str, float]:
     """How often pictures float [N, H, W, 3] in [0, 1] show their scenes, read back by `score_image`.
 
@@ -37,8 +42,7 @@ def adherence(images: np.ndarray, scenes: Sequence[ShapeScene]) -> dict[str, flo
     over two-object scenes; "relation": over relation scenes; "all: <kind>": the whole caption right,
     per kind of caption; "relation: <word>": per relation word. NaN where no scene qualifies.
     """
-    pixels = (np.asarray(images) * 255).round().astype(np.uint8)
-    scores = [score_image(img, scene) for img, scene in zip(pixels, scenes, strict=True)]
+    scores = [score_image(img, scene) for img, scene in zip(_pixels(images), scenes, strict=True)]
     kinds = [scene_kind(s) for s in scenes]
 
     def rate(values: list[bool]) -> float:
@@ -131,8 +135,8 @@ def relation_control(
         ).images  # [N, H, W, 3] in [0, 1]
 
     images, twin_images = draw(scenes), draw(twins)
-    right = [adherence(img[None], [s])["relation"] for img, s in zip(images, scenes, strict=True)]
-    flipped = [adherence(img[None], [s])["relation"] for img, s in zip(twin_images, twins, strict=True)]
+    right = [score_image(img, s)["relation"] for img, s in zip(_pixels(images), scenes, strict=True)]
+    flipped = [score_image(img, s)["relation"] for img, s in zip(_pixels(twin_images), twins, strict=True)]
     return {
         "relation": float(np.mean(right)),
         "reversed": float(np.mean(flipped)),
