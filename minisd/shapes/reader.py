@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from minisd.shapes.scenes import COLORS, ShapeScene
+from minisd.shapes.scenes import PALETTE, ShapeScene
 
 
 def _nearest_color(img: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 -> [H, W] index into COLORS of the nearest palette colour."""
-    palette = np.array(list(COLORS.values()), np.float32)  # [K, 3]
+    """[H, W, 3] uint8 -> [H, W] index into PALETTE of the nearest palette colour."""
+    palette = np.array(list(PALETTE.values()), np.float32)  # [K, 3]
     d = ((img[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)  # [H, W, K]
     return d.argmin(-1)
 
@@ -60,7 +60,7 @@ def read_scene(image: np.ndarray, min_pixels: int = 12) -> dict:
     objects sorted by size (largest first) and their centres as fractions of the side (y grows
     downwards); regions smaller than `min_pixels` are ignored as noise.
     """
-    names = list(COLORS)
+    names = list(PALETTE)
     idx = _nearest_color(image)
     background = np.bincount(idx.ravel(), minlength=len(names)).argmax()
     labels = _components(idx != background)

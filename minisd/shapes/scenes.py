@@ -24,6 +24,10 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (25, 25, 25),
 }
+# A colour the tiny model never sees in training: the new concept that a LoRA (chapter 08) and a
+# learned word embedding (textual inversion) teach it. The reader knows it, so it can be graded.
+NOVEL_COLORS: dict[str, tuple[int, int, int]] = {"cyan": (40, 210, 220)}
+PALETTE = {**COLORS, **NOVEL_COLORS}
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("above", "below", "left of", "right of")
 NUMBERS = {1: "a", 2: "two"}
@@ -71,6 +75,13 @@ class ShapeScene:
         r = len(self.relation.split())  # "a red circle left of a blue square on ..."
         return [(1, (0,)), (2, (0,)), (4 + r, (1,)), (5 + r, (1,))]
 
+    def relation_words(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(index in caption.split(), (0,)) for each word of the relation: in a causal text encoder
+        "above" has read "a red circle above", so it can say where the first object goes."""
+        if self.relation is None:
+            return []
+        return [(3 + i, (0,)) for i in range(len(self.relation.split()))]
+
     def is_held_out(self) -> bool:
         return any((s.color, s.shape) in HELD_OUT for s in self.shapes)
 
@@ -82,6 +93,19 @@ def _pick_object(rng: random.Random, background: str, held_out: bool) -> tuple[s
             return color, shape
 
 
+def _single(rng: random.Random, background: str, color: str, shape: str) -> ShapeScene:
+    size = rng.uniform(0.4, 0.6)
+    c = (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
+    return ShapeScene(background, (Shape(color, shape, *c, size),))
+
+
+def novel_scene(rng: random.Random, color: str = "cyan") -> ShapeScene:
+    """One object of a NOVEL_COLORS colour on a background from COLORS, placed as single objects are."""
+    if color not in NOVEL_COLORS:
+        raise ValueError(f"{color!r} is not a novel colour; choose one of {sorted(NOVEL_COLORS)}")
+    return _single(rng, rng.choice(list(COLORS)), color, rng.choice(SHAPES))
+
+
 def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
     """One scene: 60% a single shape, 20% two alike, 20% two shapes in a spatial relation.
 
@@ -90,10 +114,7 @@ def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
     background = rng.choice(list(COLORS))
     kind = rng.random()
     if kind < 0.6:
-        color, shape = _pick_object(rng, background, held_out)
-        size = rng.uniform(0.4, 0.6)
-        c = (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
-        return ShapeScene(background, (Shape(color, shape, *c, size),))
+        return _single(rng, background, *_pick_object(rng, background, held_out))
     size = rng.uniform(0.3, 0.38)
     lo, hi = 0.25, 0.75  # two slots on one axis, jittered on the other
     jitter = (rng.uniform(0.42, 0.58), rng.uniform(0.42, 0.58))
@@ -150,9 +171,9 @@ def render_scene(scene: ShapeScene, size: int = 32, supersample: int = 4) -> np.
     """Draw a scene as uint8 [size, size, 3], anti-aliased by drawing `supersample` x larger."""
     n = size * supersample
     img = np.empty((n, n, 3), np.float32)
-    img[:] = COLORS[scene.background]
+    img[:] = PALETTE[scene.background]
     for s in scene.shapes:
-        img[shape_mask(s, n)] = COLORS[s.color]
+        img[shape_mask(s, n)] = PALETTE[s.color]
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     return img.round().astype(np.uint8)
 

@@ -12,15 +12,20 @@ from minisd.training.data import RenderedDataset
 
 
 def grounding_targets(
-    dataset: RenderedDataset, tokenizer: CLIPTokenizer, side: int
+    dataset: RenderedDataset, tokenizer: CLIPTokenizer, side: int, relation: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every scene, the token of each colour and shape word (0: none) [N, 4] and how much the
-    object(s) it names cover each cell of the side x side latent grid [N, 4, side * side]."""
-    tokens = torch.zeros(len(dataset), 4, dtype=torch.long)
-    masks = torch.zeros(len(dataset), 4, side * side)
+    """For every scene, the token of each colour and shape word (0: none) [N, K] and how much the
+    object(s) it names cover each cell of the side x side latent grid [N, K, side * side].
+
+    K = 4; with `relation`, K = 6 and the relation word(s) are grounded on the first object.
+    """
+    k = 6 if relation else 4
+    tokens = torch.zeros(len(dataset), k, dtype=torch.long)
+    masks = torch.zeros(len(dataset), k, side * side)
     for i, scene in enumerate(dataset.scenes):
         positions = word_tokens(tokenizer, scene.caption)
-        for j, (word, shapes) in enumerate(scene.object_words()):
+        words = scene.object_words() + (scene.relation_words() if relation else [])
+        for j, (word, shapes) in enumerate(words):
             tokens[i, j] = positions[word]
             cover = np.max([shape_coverage(scene.shapes[k], side) for k in shapes], axis=0)  # [side, side]
             masks[i, j] = torch.from_numpy(cover).flatten()

@@ -47,6 +47,7 @@ def train_text_to_image(
     checkpoint_every: int = 500,
     mask_text_padding: bool = False,
     grounding_weight: float = 0.0,
+    ground_relation: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -54,7 +55,8 @@ def train_text_to_image(
 
     `mask_text_padding` hides the padding after EOT from the UNet's cross-attention (then sample
     with a pipeline whose `mask_text_padding` is set too). `grounding_weight` adds that times
-    `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset).
+    `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset);
+    `ground_relation` grounds the relation word(s) too, on the first object.
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
     again with the same directory resumes where it stopped.
@@ -93,7 +95,7 @@ def train_text_to_image(
             raise ValueError(
                 "grounding_weight needs a ShapesDataset: its scenes say where each word's object is"
             )
-        ground_tokens, ground_masks = grounding_targets(dataset, tokenizer, side)
+        ground_tokens, ground_masks = grounding_targets(dataset, tokenizer, side, ground_relation)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)

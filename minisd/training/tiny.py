@@ -35,6 +35,7 @@ def train_tiny_model(
     checkpoint_dir: str | os.PathLike | None = None,
     mask_text_padding: bool = True,
     grounding_weight: float = 0.01,
+    ground_relation: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -70,7 +71,7 @@ def train_tiny_model(
     result = train_text_to_image(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size,
         checkpoint_dir=checkpoint_dir, mask_text_padding=mask_text_padding, grounding_weight=grounding_weight,
-        progress=progress, device=device,
+        ground_relation=ground_relation, progress=progress, device=device,
     )  # fmt: skip
     save_model(
         folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
@@ -80,7 +81,12 @@ def train_tiny_model(
         "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         "device": str(device),
-        "recipe": {**recipe, "mask_text_padding": mask_text_padding, "grounding_weight": grounding_weight},
+        "recipe": {
+            **recipe,
+            "mask_text_padding": mask_text_padding,
+            "grounding_weight": grounding_weight,
+            "ground_relation": ground_relation,
+        },
         "scaling_factor": vae.scaling_factor,
         "vae_losses": [round(x, 5) for x in vae_losses],
         "losses": [round(x, 5) for x in result["losses"]],
