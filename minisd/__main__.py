@@ -63,9 +63,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
-    from minisd.shapes import TINY_SAMPLING
+    from minisd.shapes import TINY_SAMPLING, unknown_words
 
     pipe = _load_pipeline(args)
+    if args.weights is None and (unknown := unknown_words(args.prompt)):
+        print(
+            f"warning: the tiny shapes model has never seen {', '.join(map(repr, unknown))}; it knows only "
+            "captions like 'a red circle above a blue square on a yellow background' (chapter 07)"
+        )
     # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
     defaults = TINY_SAMPLING if args.weights is None else SD_SAMPLING
     opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in defaults}

@@ -17,6 +17,7 @@ from minisd.shapes import (
     render_scene,
     reversed_relation,
     score_image,
+    unknown_words,
 )
 
 
@@ -219,3 +220,10 @@ def test_relation_control_tells_a_model_that_reads_the_relation_word(ignore_rela
         assert result["reversed"] == 0.0 and result["both"] == 0.0 and result["changed"] == 0.0
     else:
         assert result["reversed"] == 1.0 and result["both"] == 1.0 and result["changed"] > 0.05
+
+
+def test_unknown_words_are_the_words_no_caption_uses():
+    rng = random.Random(0)
+    assert all(unknown_words(random_scene(rng).caption) == [] for _ in range(300))
+    assert unknown_words("A Red circle, left of two blue squares") == []
+    assert unknown_words("a cat on a red  rug, a cat") == ["cat", "rug"]

@@ -30,7 +30,14 @@ def test_generate_without_weights_uses_the_tiny_model(tmp_path, capsys):
     main(["generate", "a red circle on a blue background", "-o", str(out)])
     side = TINY_SAMPLING["height"] * TINY_SAMPLING["upscale"]
     assert Image.open(out).size == (side, side)
-    assert "tiny shapes model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny shapes model" in out and "never seen" not in out
+
+
+def test_generate_warns_about_words_the_tiny_model_never_saw(tmp_path, capsys):
+    main(["generate", "a fluffy red circle on a blue background, 8k", "-o", str(tmp_path / "out.png")])
+    warning = next(line for line in capsys.readouterr().out.splitlines() if "never seen" in line)
+    assert "'fluffy'" in warning and "'8k'" in warning and "'red'" not in warning
 
 
 def test_held_out_adherence_at_the_default_guidance(pipe):

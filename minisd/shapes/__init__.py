@@ -11,6 +11,7 @@ from minisd.shapes.scenes import (
     RELATIONS,
     REVERSED,
     SHAPES,
+    VOCABULARY,
     Shape,
     ShapeScene,
     ShapesDataset,
@@ -20,6 +21,7 @@ from minisd.shapes.scenes import (
     reversed_relation,
     shape_coverage,
     shape_mask,
+    unknown_words,
 )
 from minisd.shapes.tiny import TINY_CONFIGS, TINY_MODEL, TINY_SAMPLING, tiny_model_path
 
@@ -32,6 +34,7 @@ __all__ = [
     "RELATIONS",
     "REVERSED",
     "SHAPES",
+    "VOCABULARY",
     "TINY_CONFIGS",
     "TINY_MODEL",
     "TINY_SAMPLING",
@@ -50,4 +53,5 @@ __all__ = [
     "shape_coverage",
     "shape_mask",
     "tiny_model_path",
+    "unknown_words",
 ]

@@ -10,6 +10,7 @@ so prompt adherence can be measured on captions the model has never seen.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,19 @@ def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
     }[relation]
     shapes = (Shape(*first, *a, size), Shape(*second, *b, size))
     return ShapeScene(background, shapes, relation)
+
+
+# every word of every training caption: the tiny model has learned nothing about any other word
+VOCABULARY = frozenset(
+    ["a", "two", "on", "background", *COLORS, *SHAPES, *(f"{s}s" for s in SHAPES)]
+    + [w for r in RELATIONS for w in r.split()]
+)
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` that no training caption of the shapes world contains, in order."""
+    words = re.findall(r"\w+", prompt.lower())
+    return list(dict.fromkeys(w for w in words if w not in VOCABULARY))
 
 
 REVERSED = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
