@@ -260,7 +260,8 @@ class CLIPTokenizer:
             if len(ids) > length:
                 warnings.warn(
                     f"prompt is {len(ids) - 2} tokens, over CLIP's limit of {length - 2}: the last "
-                    f"{len(ids) - length} tokens were dropped ({t[:40]!r}...)",
+                    f"{len(ids) - length} tokens were dropped ({t[:40]!r}...); to read all of it, call the "
+                    "pipeline with long_prompt=True (or `generate --long-prompt`), which encodes it in chunks",
                     stacklevel=2,
                 )
             rows.append(pad_or_truncate(ids, length, self.pad_token_id))
