@@ -78,6 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         width=opts["width"],
         generator=torch.Generator().manual_seed(args.seed),
         scheduler=opts["scheduler"],
+        long_prompt=args.long_prompt,
     ).images
     image = images[0]
     if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--width", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--upscale", type=int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)")
+    p.add_argument(
+        "--long-prompt",
+        action="store_true",
+        help="read the prompt as the web UI does: any length (75-token chunks), (word:1.2) weights, BREAK",
+    )
     weights_options(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minisd.loading.textual_inversion import TextualInversionLoaderMixin
 from minisd.models.clip import CLIPTextModel
 from minisd.models.modeling_utils import reject_unsupported
 from minisd.models.tokenizer import CLIPTokenizer
@@ -64,7 +65,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
-class StableDiffusionPipeline:
+class StableDiffusionPipeline(TextualInversionLoaderMixin):
     """Text-to-image with SD v1.x: `pipe(prompt).images` -> list of PIL images (see the module docstring).
 
     The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
