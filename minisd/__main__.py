@@ -146,7 +146,8 @@ def cmd_train_embedding(args: argparse.Namespace) -> None:
     path = save_embedding(Path(args.output) / "learned_embeds.safetensors", args.token, result["vector"])
     loss = sum(result["losses"][-50:]) / len(result["losses"][-50:])
     print(
-        f"wrote {path}: {result['trained_parameters']} parameters trained in {result['seconds']:.0f} s, loss {loss:.4f}"
+        f"wrote {path}: {result['trained_parameters']} parameters trained in {result['seconds']:.0f} s, "
+        f"loss {loss:.4f}"
     )
     print(f'try it: python -m minisd generate "a {args.token} circle on a red background" --embedding {path}')
 

@@ -100,3 +100,27 @@ def test_bad_inputs(folder, tmp_path):
     with pytest.raises(FileNotFoundError):
         pipe.load_textual_inversion(tmp_path / "missing.pt", token="<m>")
     assert len(pipe.tokenizer) == 49409  # only <d> was added
+
+
+def test_training_learns_one_row_and_resumes(tmp_path):
+    """A few steps on the tiny model: only <cyan>'s row moves (train_embedding checks the rest bit for
+    bit), a resumed run equals an uninterrupted one, and the saved file loads back."""
+    from minisd.shapes import tiny_model_path
+    from minisd.training.textual_inversion import save_embedding, train_embedding
+
+    def fresh():
+        return StableDiffusionPipeline.from_pretrained(tiny_model_path(), device="cpu")
+
+    args = dict(batch_size=4, num_images=16, progress=False)
+    whole = train_embedding(fresh(), steps=4, **args)
+    train_embedding(fresh(), steps=2, checkpoint_dir=tmp_path / "ck", checkpoint_every=2, **args)
+    resumed = train_embedding(fresh(), steps=4, checkpoint_dir=tmp_path / "ck", **args)
+    assert whole["trained_parameters"] == 64 and len(whole["losses"]) == 4
+    assert torch.equal(whole["vector"], resumed["vector"]) and whole["losses"] == resumed["losses"]
+    pipe = fresh()
+    blue = pipe.text_encoder.text_model.embeddings.token_embedding.weight[pipe.tokenizer.encode("blue")[1]]
+    assert not torch.equal(whole["vector"][0], blue)  # it moved from where it started
+    pipe.load_textual_inversion(
+        save_embedding(tmp_path / "learned_embeds.safetensors", "<cyan>", whole["vector"])
+    )
+    assert pipe.tokenizer.encode("<cyan>")[1:-1] == [49408]

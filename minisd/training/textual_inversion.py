@@ -128,7 +128,7 @@ def train_embedding(
 
 
 def save_embedding(path: str | os.PathLike, token: str, vector: torch.Tensor) -> Path:
-    """Write diffusers' layout: a safetensors file {token: [n, D]} (`pipe.load_textual_inversion` reads it)."""
+    """Write diffusers' layout, a safetensors file {token: [n, D]}, which `load_textual_inversion` reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({token: vector.detach().cpu().contiguous()}, path)
