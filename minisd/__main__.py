@@ -1,4 +1,4 @@
-"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny`."""
+"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny | train-embedding`."""
 
 from __future__ import annotations
 
@@ -66,7 +66,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from minisd.shapes import TINY_SAMPLING, unknown_words
 
     pipe = _load_pipeline(args)
-    if args.weights is None and (unknown := unknown_words(args.prompt)):
+    for spec in args.embedding or []:
+        path, sep, token = spec.rpartition(":")
+        if not sep or "/" in token or "\\" in token:  # no token given (or a Windows drive letter)
+            path, token = spec, ""
+        pipe.load_textual_inversion(path, token=token or None)
+    if args.weights is None and not args.embedding and (unknown := unknown_words(args.prompt)):
         print(
             f"warning: the tiny shapes model has never seen {', '.join(map(repr, unknown))}; it knows only "
             "captions like 'a red circle above a blue square on a yellow background' (chapter 07)"
@@ -83,6 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         width=opts["width"],
         generator=torch.Generator().manual_seed(args.seed),
         scheduler=opts["scheduler"],
+        long_prompt=args.long_prompt,
     ).images
     image = images[0]
     if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
@@ -133,6 +139,24 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     print(f"try it: python -m minisd evaluate --weights {folder}")
 
 
+def cmd_train_embedding(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from minisd.pipelines import StableDiffusionPipeline
+    from minisd.shapes import tiny_model_path
+    from minisd.training.textual_inversion import save_embedding, train_embedding
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_path(), device="cpu")
+    result = train_embedding(pipe, args.token, steps=args.steps, checkpoint_dir=args.checkpoint_dir)
+    path = save_embedding(Path(args.output) / "learned_embeds.safetensors", args.token, result["vector"])
+    loss = sum(result["losses"][-50:]) / len(result["losses"][-50:])
+    print(
+        f"wrote {path}: {result['trained_parameters']} parameters trained in {result['seconds']:.0f} s, "
+        f"loss {loss:.4f}"
+    )
+    print(f'try it: python -m minisd generate "a {args.token} circle on a red background" --embedding {path}')
+
+
 def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
@@ -171,6 +195,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--width", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--upscale", type=int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)")
+    p.add_argument(
+        "--long-prompt",
+        action="store_true",
+        help="read the prompt as the web UI does: any length (75-token chunks), (word:1.2) weights, BREAK",
+    )
+    p.add_argument(
+        "--embedding",
+        action="append",
+        metavar="PATH[:TOKEN]",
+        help="load a textual-inversion embedding (web UI .pt/.safetensors or diffusers'), optionally renamed",
+    )
     weights_options(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
@@ -198,6 +233,14 @@ def main(argv: list[str] | None = None) -> None:
         help="cpu (default: reproduces the packaged model bit for bit), cuda, mps, or auto (the best one)",
     )
     p.set_defaults(func=cmd_train_tiny)
+    p = sub.add_parser(
+        "train-embedding", help="textual inversion: learn one new word (<cyan>) on the tiny model"
+    )
+    p.add_argument("--output", default="cyan_embedding", help="folder for learned_embeds.safetensors")
+    p.add_argument("--token", default="<cyan>")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
+    p.set_defaults(func=cmd_train_embedding)
     args = parser.parse_args(argv)
     args.func(args)
 

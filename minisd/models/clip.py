@@ -249,6 +249,21 @@ class CLIPTextModel(ModelMixin):
             if not k.endswith("position_ids")
         }
 
+    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
+        """Grow (or shrink) the token embedding table to `new_num_tokens` rows, keeping the rows both
+        share; new rows start as the mean of the old ones (as transformers). Returns the new table."""
+        old = self.text_model.embeddings.token_embedding
+        new = nn.Embedding(
+            new_num_tokens, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype
+        )
+        with torch.no_grad():
+            n = min(new_num_tokens, old.num_embeddings)
+            new.weight[:n] = old.weight[:n]
+            new.weight[n:] = old.weight.mean(0)
+        self.text_model.embeddings.token_embedding = new
+        self.config["vocab_size"] = new_num_tokens
+        return new
+
     def _check_input(self, input_ids: torch.Tensor) -> None:
         longest = self.text_model.embeddings.position_embedding.num_embeddings
         vocab = self.text_model.embeddings.token_embedding.num_embeddings

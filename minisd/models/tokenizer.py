@@ -164,6 +164,10 @@ class CLIPTokenizer:
         self.pad_token_id = self.eos_token_id  # SD v1.x pads with <|endoftext|>
         # word (byte-encoded) -> ids; prompts repeat words, so each word is merged only once
         self._cache: dict[str, list[int]] = {SOT: [self.bos_token_id], EOT: [self.eos_token_id]}
+        # words added after training (textual inversion): text -> the ids it stands for (a multi-vector
+        # embedding's first name stands for all its vectors), matched before BPE, case-insensitively
+        self.added_tokens: dict[str, list[int]] = {}
+        self._added_pattern: regex.Pattern | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> CLIPTokenizer:
@@ -219,9 +223,28 @@ class CLIPTokenizer:
             self._cache[key] = [self.vocab[s] for s in bpe(key, self.ranks)]
         return self._cache[key]
 
+    def add_tokens(self, tokens: str | list[str]) -> int:
+        """Add new words to the vocabulary (ids after the last), each read as one token; returns how
+        many were new. As transformers' `add_tokens`, for textual inversion."""
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        new = [t for t in dict.fromkeys(tokens) if t not in self.vocab]
+        for token in new:
+            self.vocab[token] = len(self.vocab)
+            self.id_to_token[self.vocab[token]] = token
+            self.added_tokens[token] = [self.vocab[token]]
+        names = sorted(self.added_tokens, key=len, reverse=True)  # "<x>_1" before "<x>"
+        self._added_pattern = regex.compile("(" + "|".join(map(regex.escape, names)) + ")", regex.IGNORECASE)
+        return len(new)
+
     def encode(self, text: str) -> list[int]:
         """`[SOT, ..., EOT]` ids for one text, neither padded nor truncated."""
-        body = [i for word in self.words(text) for i in self._word_ids(word)]
+        pieces = [text] if self._added_pattern is None else self._added_pattern.split(text)
+        body = []
+        for i, piece in enumerate(pieces):  # odd pieces are added tokens
+            if i % 2:
+                body += next(v for k, v in self.added_tokens.items() if k.lower() == piece.lower())
+            else:
+                body += [t for word in self.words(piece) for t in self._word_ids(word)]
         return [self.bos_token_id, *body, self.eos_token_id]
 
     def tokenize(self, text: str) -> list[str]:
@@ -260,7 +283,8 @@ class CLIPTokenizer:
             if len(ids) > length:
                 warnings.warn(
                     f"prompt is {len(ids) - 2} tokens, over CLIP's limit of {length - 2}: the last "
-                    f"{len(ids) - length} tokens were dropped ({t[:40]!r}...)",
+                    f"{len(ids) - length} tokens were dropped ({t[:40]!r}...); to read all of it, call "
+                    "the pipeline with long_prompt=True (or `generate --long-prompt`): chunks of 75 tokens",
                     stacklevel=2,
                 )
             rows.append(pad_or_truncate(ids, length, self.pad_token_id))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minisd.loading.textual_inversion import TextualInversionLoaderMixin
 from minisd.models.clip import CLIPTextModel
 from minisd.models.modeling_utils import reject_unsupported
 from minisd.models.tokenizer import CLIPTokenizer
@@ -30,6 +31,7 @@ from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL
 from minisd.pipelines.image_processing import to_pil
 from minisd.pipelines.loading import load_pipeline_parts
+from minisd.pipelines.long_prompt import encode_long_prompt
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -63,7 +65,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
-class StableDiffusionPipeline:
+class StableDiffusionPipeline(TextualInversionLoaderMixin):
     """Text-to-image with SD v1.x: `pipe(prompt).images` -> list of PIL images (see the module docstring).
 
     The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
@@ -176,7 +178,8 @@ class StableDiffusionPipeline:
         if negative_prompt_embeds.shape != prompt_embeds.shape:
             raise ValueError(
                 f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} and prompt_embeds "
-                f"{tuple(prompt_embeds.shape)} must have the same shape"
+                f"{tuple(prompt_embeds.shape)} must have the same shape (for embeddings longer than 77 "
+                "tokens, long_prompt=True encodes the negative prompt in as many chunks)"
             )
         return prompt_embeds, negative_prompt_embeds.to(self.device, self.dtype)
 
@@ -265,6 +268,7 @@ class StableDiffusionPipeline:
         scheduler: str | SchedulerMixin | None = None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
         progress: bool = True,
+        long_prompt: bool = False,
     ) -> StableDiffusionPipelineOutput | tuple:
         """Generate images -> `StableDiffusionPipelineOutput(images, nsfw_content_detected=None)`:
         a PIL list ("pil"), float [B, H, W, 3] in [0, 1] ("np"), [B, 3, H, W] in [0, 1] ("pt") or
@@ -277,7 +281,8 @@ class StableDiffusionPipeline:
         minisd does not implement are refused when set. minisd's own, after them: `scheduler` takes
         a name ("ddim", "euler_a", "dpm++2m_karras", ...) built from the model's scheduler config,
         or a scheduler object, for this call only; `callback(i, t, latents)` runs after each step;
-        `progress` shows a progress bar.
+        `progress` shows a progress bar; `long_prompt=True` reads prompts as the AUTOMATIC1111 web UI
+        does: any length (chunks of 75 tokens), `(word:1.2)` weights and BREAK (minisd.pipelines.long_prompt).
         """
         reject_unsupported(
             "StableDiffusionPipeline",
@@ -301,15 +306,19 @@ class StableDiffusionPipeline:
         elif isinstance(scheduler, str):
             scheduler = get_scheduler(scheduler, self.scheduler_config)
         do_cfg = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(
-            prompt, negative_prompt, do_cfg, clip_skip, prompt_embeds, negative_prompt_embeds
-        )
+        embeds = (prompt_embeds, negative_prompt_embeds)
+        if long_prompt:
+            cond, uncond, mask = encode_long_prompt(self, prompt, negative_prompt, do_cfg, clip_skip, *embeds)
+        else:
+            cond, uncond = self.encode_prompt(prompt, negative_prompt, do_cfg, clip_skip, *embeds)
+            mask = (
+                self.text_attention_mask(prompt, negative_prompt, do_cfg, *embeds)
+                if self.mask_text_padding
+                else None
+            )
         context = cond if uncond is None else torch.cat([uncond, cond])  # [2B, 77, 768]: [uncond; cond]
         context = context.repeat_interleave(num_images_per_prompt, dim=0)  # [u0, u0, u1, u1, c0, c0, ...]
-        mask = None
-        if self.mask_text_padding:
-            embeds = (prompt_embeds, negative_prompt_embeds)
-            mask = self.text_attention_mask(prompt, negative_prompt, do_cfg, *embeds)
+        if mask is not None:
             mask = mask.repeat_interleave(num_images_per_prompt, dim=0)  # [2B, 77], ordered as context
         batch = cond.shape[0] * num_images_per_prompt
 
