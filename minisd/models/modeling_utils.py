@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from minisd.loading.files import atomic_path, write_text
 from minisd.loading.state_dict import find_weights, load_into, load_safetensors, read_config
 
 
@@ -125,10 +126,11 @@ class ModelMixin(torch.nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": type(self).__name__, **getattr(self, "config", {})}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        write_text(folder / "config.json", json.dumps(config, indent=2))
         name = f"{self.weights_name}.{variant}.safetensors" if variant else f"{self.weights_name}.safetensors"
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / name))
+        with atomic_path(folder / name) as tmp:
+            save_file(tensors, str(tmp))
 
     @property
     def dtype(self) -> torch.dtype:
