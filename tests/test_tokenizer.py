@@ -314,7 +314,7 @@ def test_missing_vocabulary_errors(tmp_path, monkeypatch):
 
 def test_not_a_clip_vocabulary(tmp_path):
     (tmp_path / "vocab.json").write_text('{"a": 0}')
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
     with pytest.raises(ValueError, match="no '<|startoftext|>'"):
         CLIPTokenizer.from_pretrained(tmp_path)
 
