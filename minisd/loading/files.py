@@ -20,6 +20,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the finished file private
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -44,6 +45,7 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool = False) -> Iterato
     folder = Path(folder)
     check_destination(folder, overwrite, is_folder=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if folder.exists():
@@ -59,11 +61,19 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool = False) -> Iterato
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_destination(path: str | os.PathLike, overwrite: bool = False, is_folder: bool = False) -> None:
     """Refuse a destination that cannot or should not be written, before any work is done."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"the folder {path.parent} does not exist: create it first, or write elsewhere")
+        raise FileNotFoundError(
+            f"the folder {path.parent} does not exist: create it first, or write elsewhere"
+        )
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"cannot write in {path.parent}: no permission")
     if not path.exists():

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from minisd.loading.files import atomic_path
 from minisd.loading.key_maps import (
     text_encoder_keys,
     unet_from_original,
@@ -34,7 +35,6 @@ from minisd.loading.key_maps import (
     vae_from_original,
     vae_to_original,
 )
-from minisd.loading.files import atomic_path
 from minisd.loading.state_dict import CheckpointError, check_finite, load_safetensors
 
 UNET_PREFIX = "model.diffusion_model."

@@ -56,7 +56,9 @@ def read_config(folder: str | os.PathLike) -> dict:
         if (folder / name).is_file():
             config = read_json(folder / name)
             if not isinstance(config, dict):
-                raise UserError(f"{folder / name} holds a JSON {type(config).__name__}, not an object of settings")
+                raise UserError(
+                    f"{folder / name} holds a JSON {type(config).__name__}, not an object of settings"
+                )
             return config
     if not folder.exists():
         raise FileNotFoundError(f"no such folder: {folder}")

@@ -146,7 +146,9 @@ def parse_merges(lines: list[str], path: str | Path) -> list[tuple[str, str]]:
             continue
         pair = tuple(line.split())
         if len(pair) != 2:
-            raise UserError(f"{path}, merge {n}: expected two symbols, got {line[:60]!r}: is it a BPE merges file?")
+            raise UserError(
+                f"{path}, merge {n}: expected two symbols, got {line[:60]!r}: is it a BPE merges file?"
+            )
         merges.append(pair)
     if not merges:
         raise UserError(f"{path} holds no merges: the vocabulary file is empty or damaged; replace it")
@@ -331,8 +333,12 @@ def _check_text(text: object) -> str:
     if isinstance(text, str):
         return text
     if isinstance(text, bytes | bytearray):
-        raise TypeError(f"the prompt is bytes ({bytes(text[:20])!r}...): decode it first, e.g. text.decode('utf-8')")
-    raise TypeError(f"the prompt must be a string (or a list of strings), got {type(text).__name__}: {text!r:.60}")
+        raise TypeError(
+            f"the prompt is bytes ({bytes(text[:20])!r}...): decode it first, e.g. text.decode('utf-8')"
+        )
+    raise TypeError(
+        f"the prompt must be a string (or a list of strings), got {type(text).__name__}: {text!r:.60}"
+    )
 
 
 def _text_list(text: object) -> list:
