@@ -146,12 +146,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if "GLOBAL" not in str(e):  # not a refused object: bytes that are no pickle at all
+                raise CheckpointError(
+                    f"{path} ({path.stat().st_size:,} bytes) is not a readable checkpoint: it may be "
+                    "truncated or corrupt; download it again"
+                ) from e
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors, and minisd never runs pickled code "
                 f"(torch.load(weights_only=True) refused: {str(e).splitlines()[0]}). "
                 "Use a .safetensors version of the model."
             ) from e
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        except Exception as e:  # damaged bytes make the unpickler fail in any of a dozen ways
             raise CheckpointError(
                 f"{path} ({path.stat().st_size:,} bytes) is not a readable checkpoint: {e}. "
                 "It may be truncated (an interrupted download) or corrupt; download it again."

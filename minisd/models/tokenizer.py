@@ -320,7 +320,7 @@ class CLIPTokenizer:
         for t in texts:
             ids, dropped = self.encode_truncated(t, length)
             if dropped.strip():
-                shown = dropped if len(dropped) <= 60 else dropped[:57] + "..."
+                shown = dropped if len(dropped) <= 60 else f"{dropped[:30]} ... {dropped[-25:]}"
                 warnings.warn(
                     f"prompt is over CLIP's limit of {length - 2} tokens; this part was dropped: {shown!r}",
                     stacklevel=2,
