@@ -16,7 +16,8 @@ SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 def prog_name(argv0: str) -> str:
     """How the user started the command line: the installed `minisd`, or `python -m minisd`."""
-    return "python -m minisd" if Path(argv0).name == "__main__.py" else "minisd"
+    path = Path(argv0)
+    return "python -m minisd" if path.name == "__main__.py" and path.parent.name == "minisd" else "minisd"
 
 
 def positive_int(text: str) -> int:
@@ -67,6 +68,7 @@ def check_image_path(path: str | Path) -> str:
     from minisd.loading.files import check_destination
 
     path = Path(path)
+    check_destination(path, overwrite=True)
     Image.init()
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None or image_format not in Image.SAVE:
@@ -86,8 +88,6 @@ def report_errors(prog: str, debug: bool = False) -> Iterator[None]:
         if debug:
             raise
         message = str(e) or type(e).__name__
-        if not isinstance(e, ValueError | TypeError):  # a file problem: say which kind
-            message = f"{type(e).__name__}: {message}" if not message.startswith("[Errno") else message
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from minisd.loading.files import atomic_path
@@ -198,7 +199,10 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:  # a full disk leaves the old file, never a fragment
-        if path.suffix == ".safetensors":
-            save_file(tensors, str(tmp))
-        else:
-            torch.save({"state_dict": tensors}, tmp)
+        try:
+            if path.suffix == ".safetensors":
+                save_file(tensors, str(tmp))
+            else:
+                torch.save({"state_dict": tensors}, tmp)
+        except (RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
+            raise OSError(f"writing {path} failed ({e}): is the disk full?") from e
