@@ -154,7 +154,7 @@ def test_ddim_eta_out_of_range(eta):
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(10)
     x = torch.randn(1, 4, 8, 8)
-    with pytest.raises(UserError, match=r"DDIM eta=.*between 0 \(deterministic\) and 1"):
+    with pytest.raises(ValueError, match=r"DDIM eta=.*between 0 \(deterministic\) and 1"):
         scheduler.step(torch.randn_like(x), scheduler.timesteps[0], x, eta=eta)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from minisd.errors import UserError
 from minisd.schedulers.common import predict_x0_and_eps, randn_tensor
 from minisd.schedulers.scheduling_utils import SchedulerMixin, register_to_config
 
@@ -73,10 +72,8 @@ class DDIMScheduler(SchedulerMixin):
     ):
         """x_t -> x_{t - T//n}; eta > 0 adds fresh noise (`variance_noise`, or drawn from `generator`)."""
         self._check_ready()
-        if (
-            not 0 <= eta <= 1
-        ):  # eta > 1 makes the noise exceed what the step can hold (NaN); < 0 means nothing
-            raise UserError(f"DDIM eta={eta!r}: it must be between 0 (deterministic) and 1 (DDPM's noise)")
+        if not 0 <= eta <= 1:  # above 1 the noise outgrows the step (NaN); below 0 it means nothing
+            raise ValueError(f"DDIM eta={eta!r}: it must be between 0 (deterministic) and 1 (DDPM's noise)")
         t = int(timestep)
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
         alpha_bar, alpha_bar_prev = self._alpha_bars(t, prev_t)
