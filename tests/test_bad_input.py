@@ -75,6 +75,12 @@ WRONG_CALLS = [
     ({"num_inference_steps": 10**6}, UserError, "num_inference_steps=1000000: it must be at most 1000"),
     ({"output_type": "jpeg"}, UserError, "unknown output_type 'jpeg'"),
     ({"latents": [[0.0]]}, TypeError, "latents must be a torch.Tensor"),
+    ({"prompt": None, "prompt_embeds": [[1.0]]}, TypeError, "prompt_embeds must be a torch.Tensor"),
+    (
+        {"prompt": None, "prompt_embeds": torch.full((1, 77, 64), float("inf"))},
+        NonFiniteError,
+        "prompt_embeds",
+    ),
     ({"eta": 0.5}, NotImplementedError, "eta=0.5"),
     ({"scheduler": "bogus"}, ValueError, "unknown scheduler 'bogus'; known: "),
 ]

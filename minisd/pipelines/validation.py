@@ -136,6 +136,11 @@ def check_call(
     """Check a call's arguments before any work; returns the normalised ones (default size filled in)."""
     if (prompt is None) == (prompt_embeds is None):
         raise UserError("give either prompt (a string or a list of strings) or prompt_embeds, not both")
+    for name, tensor in (("latents", latents), ("prompt_embeds", prompt_embeds)):
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"the given {name} hold NaN or inf values")
     batch = check_prompts("prompt", prompt) if prompt_embeds is None else prompt_embeds.shape[0]
     if (n := check_prompts("negative_prompt", negative_prompt, required=False)) not in (0, 1, batch):
         raise UserError(f"{n} negative prompts for {batch} prompts: give one, or one per prompt")
@@ -151,11 +156,6 @@ def check_call(
     generator = check_generator(generator, batch * per_prompt)
     if output_type not in output_types:
         raise UserError(f"unknown output_type {output_type!r}; choose one of {output_types}")
-    for name, tensor in (("latents", latents), ("prompt_embeds", prompt_embeds)):
-        if tensor is not None and not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise NonFiniteError(f"the given {name} hold NaN or inf values")
     return CallSettings(height, width, steps, per_prompt, generator)
 
 
