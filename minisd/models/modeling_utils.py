@@ -11,14 +11,12 @@ import functools
 import inspect
 import json
 import os
-import types
-import typing
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from minisd.errors import UserError
+from minisd.loading.configs import check_config_types
 from minisd.loading.files import atomic_path, write_text
 from minisd.loading.state_dict import find_weights, load_into, load_safetensors, read_config
 
@@ -150,44 +148,6 @@ class ModelMixin(torch.nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def check_config_types(cls: type, config: dict) -> None:
-    """Raise a UserError naming each config value whose type the constructor's annotation excludes
-    (`layers_per_block: "1"`, `block_out_channels: 64`, `scaling_factor: "0.5"`)."""
-    hints = typing.get_type_hints(cls.__init__)
-    annotations = {n: p.annotation for n, p in inspect.signature(cls.__init__).parameters.items()}
-    bad = [
-        f"{k}={v!r:.40} (expected {annotations[k]})"
-        for k, v in config.items()
-        if k in hints and not _matches(v, hints[k])
-    ]
-    if bad:
-        raise UserError(f"{cls.__name__} config: wrong type of {'; '.join(bad)}. Is the config.json damaged?")
-
-
-def _matches(value: object, hint: object) -> bool:
-    """Whether a JSON value fits a type annotation (lists stand for tuples); unknown kinds pass."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint in (int, float):
-        return isinstance(value, int | float if hint is float else int) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            return False
-        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            return not args or all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
 
 
 def _one_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from minisd.loading.configs import check_config_types
 from minisd.loading.files import write_text
 from minisd.loading.state_dict import read_json
 from minisd.schedulers.common import (
@@ -168,6 +169,7 @@ class SchedulerMixin:
         config.update(kwargs)
         params = cls._init_defaults()
         init_kwargs = {k: v for k, v in config.items() if k in params}
+        check_config_types(cls, init_kwargs)
         unused = {k: v for k, v in config.items() if k not in params}
         scheduler = cls(**init_kwargs)
         scheduler.config.update({k: v for k, v in unused.items() if k not in kwargs})
