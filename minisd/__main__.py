@@ -118,10 +118,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from minisd.loading.files import atomic_path
     from minisd.metrics import attention_binding, evaluate_adherence, format_rows, plot_rows, relation_control
 
-    if args.plot:
-        check_image_path(args.plot)
+    plot_format = check_image_path(args.plot) if args.plot else None
     pipe = _load_pipeline(args)
     rows = evaluate_adherence(
         pipe, args.guidance, num_prompts=args.prompts, samples_per_prompt=args.samples,
@@ -141,7 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{binding['word_share']:.0%} of the attention goes to the words"
     )
     if args.plot:
-        plot_rows(rows).savefig(args.plot, dpi=100, bbox_inches="tight")
+        with atomic_path(args.plot) as tmp:
+            plot_rows(rows).savefig(tmp, format=plot_format.lower(), dpi=100, bbox_inches="tight")
         print(f"wrote {args.plot}")
 
 
