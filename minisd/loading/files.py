@@ -52,7 +52,11 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool = False) -> Iterato
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                os.replace(old, folder)  # put the old model back
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, folder)
