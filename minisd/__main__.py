@@ -150,6 +150,7 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     import torch
 
     from minisd.device import get_device
+    from minisd.errors import UserError
     from minisd.loading.assets import cache_dir
     from minisd.loading.files import check_destination
     from minisd.models.tokenizer import CLIPTokenizer
@@ -161,7 +162,13 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     # before training: the folder can be written (a model folder is replaced), the vocabulary reads
     check_destination(folder, overwrite=True, is_folder=True)
     CLIPTokenizer()
-    device = get_device() if args.device == "auto" else torch.device(args.device)
+    device = get_device() if args.device == "auto" else args.device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(
+            f"--device {device!r}: not a device torch knows; use cpu, cuda, mps or auto"
+        ) from None
     kwargs = {"vae_steps": 40, "steps": 200} if args.fast else {}
     result = train_tiny_model(folder, checkpoint_dir=args.checkpoint_dir, device=device, **kwargs)
     print(f"wrote {folder}: final loss {sum(result['losses'][-100:]) / len(result['losses'][-100:]):.4f}")

@@ -196,6 +196,11 @@ def test_train_tiny_checks_before_training(tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
     fails(["train-tiny", "--output", str(tmp_path / "afile")], capsys, "afile is a file, not a folder")
     fails(["train-tiny", "--output", str(tmp_path / "no" / "model")], capsys, "does not exist")
+    fails(
+        ["train-tiny", "--output", str(tmp_path / "m"), "--device", "gpu9"],
+        capsys,
+        "--device 'gpu9': not a device",
+    )
     monkeypatch.delenv("MINISD_CLIP_BPE", raising=False)
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "empty_cache"))
     fails(["train-tiny", "--output", str(tmp_path / "mine")], capsys, "CLIP's BPE vocabulary was not found")
