@@ -1,14 +1,27 @@
-"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny | train-embedding`."""
+"""Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-embedding` (or
+`python -m minisd ...`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from minisd.cli_checks import (
+    check_image_path,
+    finite_float,
+    positive_int,
+    prog_name,
+    report_errors,
+    seed,
+)
 
 SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512, "width": 512, "upscale": 1}
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
     from minisd.book.env import print_environment
+    from minisd.errors import UserError
     from minisd.loading.assets import fetch_clip_bpe
 
     print_environment()
@@ -21,27 +34,34 @@ def cmd_setup(args: argparse.Namespace) -> None:
     expected = [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]  # the ids OpenAI's CLIP gives
     print(f"{prompt!r} -> {ids}")
     if ids != expected:
-        raise SystemExit(f"tokenizer check failed: expected {expected}; the vocabulary file may be damaged")
+        raise UserError(
+            f"tokenizer check failed: expected {expected}; the vocabulary file {path} may be damaged: "
+            "fetch it again with --force"
+        )
     print("tokenizer check: ok")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from minisd.convert import folder_to_single_file, single_file_to_folder
+    from minisd.errors import UserError
     from minisd.loading import FILE_SUFFIXES
 
     src, dst = Path(args.src), Path(args.dst)
     if src.is_dir():
-        if dst.suffix not in FILE_SUFFIXES:
-            raise SystemExit(
-                f"converting the folder {src} to one file: DST must end in .safetensors or .ckpt"
-            )
-        folder_to_single_file(src, dst, variant=args.variant)
+        if dst.suffix not in (".safetensors", ".ckpt"):
+            raise UserError(f"converting the folder {src} to one file: DST must end in .safetensors or .ckpt")
+        folder_to_single_file(src, dst, variant=args.variant, overwrite=args.overwrite)
     elif src.is_file():
-        single_file_to_folder(src, dst, config=args.config, use_ema=args.ema)
+        if dst.suffix in FILE_SUFFIXES:
+            raise UserError(
+                f"{src} is one file, so DST is the diffusers folder to write: {dst} looks like a file name "
+                "(file-to-file: convert to a folder, then the folder to a file)"
+            )
+        single_file_to_folder(src, dst, config=args.config, use_ema=args.ema, overwrite=args.overwrite)
     else:
-        raise SystemExit(f"{src} does not exist (expected a diffusers folder or a .safetensors/.ckpt file)")
+        raise FileNotFoundError(
+            f"{src} does not exist (expected a diffusers folder or a .safetensors/.ckpt file)"
+        )
     print(f"wrote {dst}")
 
 
@@ -63,8 +83,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
+    from minisd.loading.files import atomic_path
+    from minisd.schedulers import get_scheduler
     from minisd.shapes import TINY_SAMPLING, unknown_words
 
+    image_format = check_image_path(args.output)  # before any work: a bad -o fails now, not after sampling
+    if args.scheduler is not None:
+        get_scheduler(args.scheduler)  # an unknown name fails now, listing the known ones
     pipe = _load_pipeline(args)
     for spec in args.embedding or []:
         path, sep, token = spec.rpartition(":")
@@ -94,13 +119,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if opts["upscale"] > 1:  # a 32x32 picture is hard to see: enlarge with visible pixels
         size = (image.width * opts["upscale"], image.height * opts["upscale"])
         image = image.resize(size, Image.Resampling.NEAREST)
-    image.save(args.output)
+    with atomic_path(args.output) as tmp:  # a full disk leaves no partial picture
+        image.save(tmp, format=image_format)
     print(f"wrote {args.output} ({image.width}x{image.height})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from minisd.loading.files import atomic_path
     from minisd.metrics import attention_binding, evaluate_adherence, format_rows, plot_rows, relation_control
 
+    plot_format = check_image_path(args.plot) if args.plot else None
     pipe = _load_pipeline(args)
     rows = evaluate_adherence(
         pipe, args.guidance, num_prompts=args.prompts, samples_per_prompt=args.samples,
@@ -120,19 +148,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{binding['word_share']:.0%} of the attention goes to the words"
     )
     if args.plot:
-        plot_rows(rows).savefig(args.plot, dpi=100, bbox_inches="tight")
+        with atomic_path(args.plot) as tmp:
+            plot_rows(rows).savefig(tmp, format=plot_format.lower(), dpi=100, bbox_inches="tight")
         print(f"wrote {args.plot}")
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    import torch
 
     from minisd.device import get_device
+    from minisd.errors import UserError
     from minisd.loading.assets import cache_dir
+    from minisd.loading.files import check_destination
+    from minisd.models.tokenizer import CLIPTokenizer
     from minisd.training import train_tiny_model
 
     folder = Path(args.output) if args.output else cache_dir() / "tiny_shapes"
+    if not args.output:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    # before training: the folder can be written (a model folder is replaced), the vocabulary reads
+    check_destination(folder, overwrite=True, is_folder=True)
+    CLIPTokenizer()
     device = get_device() if args.device == "auto" else args.device
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(
+            f"--device {device!r}: not a device torch knows; use cpu, cuda, mps or auto"
+        ) from None
     kwargs = {"vae_steps": 40, "steps": 200} if args.fast else {}
     result = train_tiny_model(folder, checkpoint_dir=args.checkpoint_dir, device=device, **kwargs)
     print(f"wrote {folder}: final loss {sum(result['losses'][-100:]) / len(result['losses'][-100:]):.4f}")
@@ -164,16 +207,22 @@ def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="for a single file: a diffusers folder with its configs (default SD v1.5)"
     )
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute precision (default fp32)"
+    )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m minisd", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand each, every argument with its help."""
+    parser = argparse.ArgumentParser(prog=prog_name(sys.argv[0]), description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("setup", help="fetch CLIP's BPE vocabulary and check the installation")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+    p = add("setup", help="fetch CLIP's BPE vocabulary and check the installation")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(func=cmd_setup)
-    p = sub.add_parser("convert", help="diffusers folder <-> original single-file checkpoint (either way)")
+    p = add("convert", help="diffusers folder <-> original single-file checkpoint (either way)")
     p.add_argument("src", help="a diffusers folder (model_index.json) or a .safetensors/.ckpt file")
     p.add_argument("dst", help="the file (.safetensors or .ckpt) or folder to write")
     p.add_argument(
@@ -183,18 +232,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ema", action=argparse.BooleanOptionalAction, default=None, help="use the EMA UNet weights"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST file or model folder")
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("generate", help="text to image with SD v1.x (or, without --weights, the tiny model)")
-    p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="out.png")
-    p.add_argument("--steps", type=int, help="denoising steps (SD: 50, tiny model: 25)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (SD: 7.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", help="pndm (SD), ddim (tiny), euler, euler_a, dpm++2m, dpm++2m_karras, ...")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--height", type=int, help="pixels (SD: 512, tiny model: 32)")
-    p.add_argument("--width", type=int, help="pixels (SD: 512, tiny model: 32)")
-    p.add_argument("--upscale", type=int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)")
+    p = add("generate", help="text to image with SD v1.x (or, without --weights, the tiny model)")
+    p.add_argument(
+        "prompt", help="what to draw, e.g. 'a red circle above a blue square on a yellow background'"
+    )
+    p.add_argument(
+        "-o", "--output", default="out.png", help="picture to write (.png, .jpg, ...; default out.png)"
+    )
+    p.add_argument("--steps", type=positive_int, help="denoising steps (SD: 50, tiny model: 25)")
+    p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (SD: 7.5)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed: the same seed draws the same picture")
+    p.add_argument(
+        "--scheduler",
+        help="sampler: pndm (SD), ddim (tiny), ddpm, euler, euler_a, lms, dpm++2m or dpm++2m_karras",
+    )
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
+    p.add_argument("--height", type=positive_int, help="pixels (SD: 512, tiny model: 32)")
+    p.add_argument("--width", type=positive_int, help="pixels (SD: 512, tiny model: 32)")
+    p.add_argument(
+        "--upscale", type=positive_int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)"
+    )
     p.add_argument(
         "--long-prompt",
         action="store_true",
@@ -208,16 +267,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     weights_options(p)
     p.set_defaults(func=cmd_generate)
-    p = sub.add_parser("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5])
-    p.add_argument("--prompts", type=int, default=48, help="held-out captions")
-    p.add_argument("--samples", type=int, default=4, help="images per caption (diversity needs 2+)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
+    p = add("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
+    p.add_argument(
+        "--guidance",
+        type=finite_float,
+        nargs="+",
+        default=[1.0, 2.0, 3.0, 5.0, 7.5],
+        help="guidance scales to compare (default 1 2 3 5 7.5)",
+    )
+    p.add_argument("--prompts", type=positive_int, default=48, help="held-out captions")
+    p.add_argument("--samples", type=positive_int, default=4, help="images per caption (diversity needs 2+)")
+    p.add_argument("--steps", type=positive_int, default=25, help="denoising steps per picture (default 25)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the captions and the noise")
     p.add_argument("--plot", help="also save adherence and diversity against guidance as a PNG")
     weights_options(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("train-tiny", help="train the tiny shapes model on the CPU (chapter 07)")
+    p = add("train-tiny", help="train the tiny shapes model on the CPU (chapter 07)")
     p.add_argument(
         "--output",
         help="folder to write (default ~/.cache/minisd/tiny_shapes; the packaged model is replaced only "
@@ -233,16 +298,21 @@ def main(argv: list[str] | None = None) -> None:
         help="cpu (default: reproduces the packaged model bit for bit), cuda, mps, or auto (the best one)",
     )
     p.set_defaults(func=cmd_train_tiny)
-    p = sub.add_parser(
-        "train-embedding", help="textual inversion: learn one new word (<cyan>) on the tiny model"
-    )
+    p = add("train-embedding", help="textual inversion: learn one new word (<cyan>) on the tiny model")
     p.add_argument("--output", default="cyan_embedding", help="folder for learned_embeds.safetensors")
-    p.add_argument("--token", default="<cyan>")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--token", default="<cyan>", help="the new word to learn")
+    p.add_argument("--steps", type=positive_int, default=600, help="training steps")
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.set_defaults(func=cmd_train_embedding)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a command; a user's mistake ends in one line and exit status 2 (the traceback with --debug)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    args.func(args)
+    with report_errors(f"{parser.prog} {args.command}", debug=args.debug):
+        args.func(args)
 
 
 if __name__ == "__main__":

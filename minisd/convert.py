@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from minisd.loading.configs import CONFIG_DIR, read_configs
+from minisd.loading.files import atomic_folder, check_destination, write_text
 from minisd.loading.single_file import (
     diffusers_to_original,
     load_checkpoint,
@@ -28,9 +28,13 @@ def folder_to_single_file(
     path: str | os.PathLike,
     variant: str | None = None,
     dtype: torch.dtype | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """Pack a diffusers folder (unet/, vae/, text_encoder/) into one original-layout checkpoint."""
+    """Pack a diffusers folder (unet/, vae/, text_encoder/) into one original-layout checkpoint.
+
+    An existing `path` is replaced only with `overwrite`; the file appears only once complete."""
     folder = Path(folder)
+    check_destination(path, overwrite)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"{folder} has no model_index.json: is it a diffusers pipeline folder?")
     configs = read_configs(folder)
@@ -48,12 +52,16 @@ def single_file_to_folder(
     folder: str | os.PathLike,
     config: str | os.PathLike | None = None,
     use_ema: bool | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Unpack an original SD v1.x checkpoint into a diffusers folder, configs from `config` (None: v1.5).
 
     The tokenizer comes from `config`'s tokenizer/ when it has the vocabulary, else OpenAI's BPE file.
+    The folder is written beside its destination and moved there once complete: an existing model
+    folder is replaced whole, and only with `overwrite`; a folder holding anything else never is.
     """
     path, folder = Path(path), Path(folder)
+    check_destination(folder, overwrite, is_folder=True)
     src = Path(config) if config is not None else CONFIG_DIR
     configs = read_configs(src)
     parts = original_to_diffusers(
@@ -62,16 +70,17 @@ def single_file_to_folder(
     tokenizer = CLIPTokenizer.from_pretrained(
         src / "tokenizer" if (src / "tokenizer" / "vocab.json").is_file() else None
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(CONFIG_DIR / "model_index.json", folder / "model_index.json")  # the components written here
-    for name, weights in (
-        ("unet", "diffusion_pytorch_model"),
-        ("vae", "diffusion_pytorch_model"),
-        ("text_encoder", "model"),
-    ):
-        (folder / name).mkdir(exist_ok=True)
-        (folder / name / "config.json").write_text(json.dumps(configs[name], indent=2))
-        save_checkpoint(parts[name], folder / name / f"{weights}.safetensors")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"], indent=2))
-    tokenizer.save_pretrained(folder / "tokenizer")
+    with atomic_folder(folder, overwrite) as tmp:
+        index = (CONFIG_DIR / "model_index.json").read_text()  # the components written here
+        write_text(tmp / "model_index.json", index)
+        for name, weights in (
+            ("unet", "diffusion_pytorch_model"),
+            ("vae", "diffusion_pytorch_model"),
+            ("text_encoder", "model"),
+        ):
+            (tmp / name).mkdir()
+            write_text(tmp / name / "config.json", json.dumps(configs[name], indent=2))
+            save_checkpoint(parts[name], tmp / name / f"{weights}.safetensors")
+        (tmp / "scheduler").mkdir()
+        write_text(tmp / "scheduler" / "scheduler_config.json", json.dumps(configs["scheduler"], indent=2))
+        tokenizer.save_pretrained(tmp / "tokenizer")

@@ -284,7 +284,7 @@ def test_sdxl_file(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"height": 60}, "divisible by 8"),
+        ({"height": 60}, "multiples of 64 .*nearest are 64 and 128"),
         ({"scheduler": "heun"}, "unknown scheduler 'heun'"),
         ({"output_type": "jpg"}, "unknown output_type"),
         ({"prompt": None}, "either prompt"),

@@ -88,6 +88,9 @@ def test_cli_train_tiny_writes_to_the_cache_unless_told(monkeypatch, tmp_path):
     calls = []
     fake = lambda folder, **kwargs: calls.append((folder, kwargs)) or {"losses": [0.5]}  # noqa: E731
     monkeypatch.setattr(minisd.training, "train_tiny_model", fake)
+    from minisd.loading.assets import find_clip_bpe
+
+    monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))  # the CLI reads it before training
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
     main(["train-tiny", "--fast"])
     main(["train-tiny", "--output", str(tmp_path / "mine"), "--device", "auto"])

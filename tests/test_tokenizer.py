@@ -280,12 +280,13 @@ def test_padding(tok):
     assert tok("a cat").shape == (1, 77)
 
 
-def test_truncation_warns_with_dropped_count(tok):
-    prompt = "cat " * 100  # 100 tokens + SOT + EOT = 102 ids, 25 over 77
-    with pytest.warns(UserWarning, match="the last 25 tokens were dropped"):
+def test_truncation_warning_quotes_the_dropped_part(tok):
+    prompt = "cat " * 75 + "on a red sofa"  # 79 tokens + SOT + EOT: "on a red sofa" is dropped
+    with pytest.warns(UserWarning, match="dropped: 'on a red sofa'") as record:
         row = tok(prompt)[0].tolist()
+    assert len(record) == 1
     assert row == tok.encode(prompt)[:76] + [49407]
-    with pytest.warns(UserWarning, match="the last 1 tokens were dropped"):
+    with pytest.warns(UserWarning, match="dropped: 'cat'"):
         tok("cat " * 76)
     import warnings
 
@@ -313,7 +314,7 @@ def test_missing_vocabulary_errors(tmp_path, monkeypatch):
 
 def test_not_a_clip_vocabulary(tmp_path):
     (tmp_path / "vocab.json").write_text('{"a": 0}')
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
     with pytest.raises(ValueError, match="no '<|startoftext|>'"):
         CLIPTokenizer.from_pretrained(tmp_path)
 

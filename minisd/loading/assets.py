@@ -92,4 +92,10 @@ def hub_download(repo_id: str, variant: str | None = None) -> Path:
         f"vae/diffusion_pytorch_model{suffix}",
         f"text_encoder/model{suffix}",
     ]
-    return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repository, gated model: all say the same to a user
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local file or folder, and downloading it from the Hugging Face hub failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the path or the name"
+        ) from e

@@ -21,11 +21,14 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from minisd.loading.files import atomic_path
 from minisd.loading.key_maps import (
     text_encoder_keys,
     unet_from_original,
@@ -33,7 +36,7 @@ from minisd.loading.key_maps import (
     vae_from_original,
     vae_to_original,
 )
-from minisd.loading.state_dict import CheckpointError, load_safetensors
+from minisd.loading.state_dict import CheckpointError, check_finite, load_safetensors
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -140,15 +143,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         state = load_safetensors(path)
     elif path.suffix in FILE_SUFFIXES:
+        check_zip_crcs(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if "GLOBAL" not in str(e):  # not a refused object: bytes that are no pickle at all
+                raise CheckpointError(
+                    f"{path} ({path.stat().st_size:,} bytes) is not a readable checkpoint: it may be "
+                    "truncated or corrupt; download it again"
+                ) from e
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors, and minisd never runs pickled code "
                 f"(torch.load(weights_only=True) refused: {str(e).splitlines()[0]}). "
                 "Use a .safetensors version of the model."
             ) from e
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        except Exception as e:  # damaged bytes make the unpickler fail in any of a dozen ways
             raise CheckpointError(
                 f"{path} ({path.stat().st_size:,} bytes) is not a readable checkpoint: {e}. "
                 "It may be truncated (an interrupted download) or corrupt; download it again."
@@ -161,17 +170,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         )
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if path.suffix != ".safetensors":  # load_safetensors checked its own
+        check_finite(state, path)
+    return state
+
+
+def check_zip_crcs(path: Path) -> None:
+    """Verify the CRC of every member of a zip-format `.ckpt` (torch.load does not), naming a bad one."""
+    if not zipfile.is_zipfile(path):
+        return  # an old-style pickle, or not a checkpoint: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise CheckpointError(f"{path} is a damaged zip archive ({e}): download it again") from e
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: the data of {bad} fails its checksum (CRC): the file is corrupt; download it again"
+        )
 
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write a state dict as `.safetensors`, or as `.ckpt` wrapped in {"state_dict": ...} like ldm."""
     path = Path(path)
+    if path.suffix not in FILE_SUFFIXES:
+        raise CheckpointError(f"{path}: write .safetensors (recommended) or .ckpt")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        save_file(tensors, str(path))
-    elif path.suffix in FILE_SUFFIXES:
-        torch.save({"state_dict": tensors}, path)
-    else:
-        raise ValueError(f"{path}: write .safetensors (recommended) or .ckpt")
+    with atomic_path(path) as tmp:  # a full disk leaves the old file, never a fragment
+        try:
+            if path.suffix == ".safetensors":
+                save_file(tensors, str(tmp))
+            else:
+                torch.save({"state_dict": tensors}, tmp)
+        except (RuntimeError, SafetensorError) as e:  # how torch and safetensors report a failed write
+            raise OSError(f"writing {path} failed ({e}): is the disk full?") from e

@@ -10,10 +10,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from minisd.errors import NonFiniteError, UserError
+
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers, transformers
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt or of another architecture."""
 
 
@@ -23,13 +25,28 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     try:
-        return load_file(str(path), device=str(device))
+        state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         size = path.stat().st_size
         raise CheckpointError(
             f"{path} ({size:,} bytes) is not a readable safetensors file: {e}. "
             "It may be truncated (an interrupted download) or corrupt; download it again."
         ) from e
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], name: str | os.PathLike) -> None:
+    """Raise a NonFiniteError naming the file and tensor when a weight holds NaN or inf (corrupt bytes).
+
+    One reduction per tensor: cheap next to reading the file."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = (~torch.isfinite(tensor)).sum().item()
+            raise NonFiniteError(
+                f"{name}: tensor {key} {tuple(tensor.shape)} holds {bad:,} NaN/inf values; the file is "
+                "corrupt (damaged bytes or a failed conversion): download or convert it again"
+            )
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -37,10 +54,28 @@ def read_config(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     for name in ("config.json", "scheduler_config.json"):
         if (folder / name).is_file():
-            return json.loads((folder / name).read_text())
+            config = read_json(folder / name)
+            if not isinstance(config, dict):
+                raise UserError(
+                    f"{folder / name} holds a JSON {type(config).__name__}, not an object of settings"
+                )
+            return config
     if not folder.exists():
         raise FileNotFoundError(f"no such folder: {folder}")
     raise FileNotFoundError(f"{folder} has no config.json: is it a diffusers/transformers model folder?")
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """Parse a JSON file; invalid JSON raises a UserError naming the file, line and column."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a text (UTF-8) file: is it the right file?") from e
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): fix or replace it"
+        ) from e
 
 
 def find_weights(folder: str | os.PathLike, variant: str | None = None) -> Path:

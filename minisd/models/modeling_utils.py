@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from minisd.loading.configs import check_config_types
+from minisd.loading.files import atomic_path, write_text
 from minisd.loading.state_dict import find_weights, load_into, load_safetensors, read_config
 
 
@@ -86,8 +88,13 @@ class ModelMixin(torch.nn.Module):
         `model.config` holds every constructor key (defaults filled in), like diffusers'. With
         `return_unused_kwargs`, returns (model, the keys the constructor does not take).
         """
+        if not isinstance(config, dict | None):
+            raise TypeError(
+                f"{cls.__name__}.from_config takes a dict of settings, got {type(config).__name__}"
+            )
         config = {k: v for k, v in {**(config or {}), **kwargs}.items() if not k.startswith("_")}
         params = inspect.signature(cls.__init__).parameters
+        check_config_types(cls, {k: v for k, v in config.items() if k in params})
         model = cls(**{k: v for k, v in config.items() if k in params and k != "self"})
         unused = {k: v for k, v in config.items() if k not in params}
         model.config.update(unused)  # kept, so that save_pretrained writes them back
@@ -125,10 +132,11 @@ class ModelMixin(torch.nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": type(self).__name__, **getattr(self, "config", {})}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        write_text(folder / "config.json", json.dumps(config, indent=2))
         name = f"{self.weights_name}.{variant}.safetensors" if variant else f"{self.weights_name}.safetensors"
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / name))
+        with atomic_path(folder / name) as tmp:
+            save_file(tensors, str(tmp))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -144,6 +152,9 @@ class ModelMixin(torch.nn.Module):
 
 def _one_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None) -> torch.dtype | None:
     """`dtype` or diffusers' older `torch_dtype`; both at once must agree."""
+    for name, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
+        if value is not None and not isinstance(value, torch.dtype):
+            raise TypeError(f"{name} must be a torch.dtype such as torch.float16, got {value!r}")
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree: give one of them")
     return dtype if dtype is not None else torch_dtype

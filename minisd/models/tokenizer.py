@@ -15,7 +15,9 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import operator
 import warnings
+import zlib
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
@@ -24,12 +26,16 @@ import ftfy
 import regex
 import torch
 
+from minisd.errors import UserError
 from minisd.loading.assets import FETCH_COMMAND, find_clip_bpe
+from minisd.loading.files import write_text
+from minisd.loading.state_dict import read_json
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
 NUM_MERGES = 48_894  # OpenAI's file holds more; CLIP uses the first 49152 - 256 - 2 of them
 MODEL_MAX_LENGTH = 77
+MAX_TOKEN_CHARS = 32  # the longest vocabulary entry, in bytes: a bound on the text one token covers
 
 # Special tokens, contractions, letter runs, single digits, runs of other non-space characters.
 PRETOKENIZE = regex.compile(
@@ -121,8 +127,32 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
 
 def read_bpe_file(path: str | Path) -> list[tuple[str, str]]:
     """The first 48,894 merges of OpenAI's `bpe_simple_vocab_16e6.txt.gz` (line 1 is a header)."""
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
-    return [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path} is not a gzip-compressed BPE merges file like OpenAI's bpe_simple_vocab_16e6.txt.gz "
+            f"({e}); it may be damaged: fetch it again with `{FETCH_COMMAND} --force`"
+        ) from e
+    return parse_merges(lines[1 : NUM_MERGES + 1], path)
+
+
+def parse_merges(lines: list[str], path: str | Path) -> list[tuple[str, str]]:
+    """Merge pairs from lines "a b" (blank lines and a "#version" header skipped); errors name the file."""
+    merges = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#version"):
+            continue
+        pair = tuple(line.split())
+        if len(pair) != 2:
+            raise UserError(
+                f"{path}, merge {n}: expected two symbols, got {line[:60]!r}: is it a BPE merges file?"
+            )
+        merges.append(pair)
+    if not merges:
+        raise UserError(f"{path} holds no merges: the vocabulary file is empty or damaged; replace it")
+    return merges
 
 
 def pad_or_truncate(ids: list[int], length: int = MODEL_MAX_LENGTH, pad_id: int = 49407) -> list[int]:
@@ -187,18 +217,22 @@ class CLIPTokenizer:
         missing = [name for name in ("vocab.json", "merges.txt") if not (path / name).is_file()]
         if missing:
             raise _missing_vocabulary(path, missing)
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-        lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-        return cls(vocab=vocab, merges=merges)
+        vocab = read_json(path / "vocab.json")
+        if not isinstance(vocab, dict) or not vocab:
+            raise UserError(f"{path / 'vocab.json'} holds no vocabulary (expected an object token -> id)")
+        try:
+            lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path / 'merges.txt'} is not a text (UTF-8) file: replace it") from e
+        return cls(vocab=vocab, merges=parse_merges(lines, path / "merges.txt"))
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write vocab.json, merges.txt and tokenizer_config.json in the SD `tokenizer/` layout."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
+        write_text(folder / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
-        (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        write_text(folder / "merges.txt", "#version: 0.2\n" + merges)
         config = {
             "model_max_length": self.model_max_length,
             "do_lower_case": True,
@@ -208,7 +242,7 @@ class CLIPTokenizer:
             "unk_token": EOT,
             "tokenizer_class": "CLIPTokenizer",
         }
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -219,9 +253,12 @@ class CLIPTokenizer:
 
     def _word_ids(self, word: str) -> list[int]:
         key = byte_encode(word)
-        if key not in self._cache:
-            self._cache[key] = [self.vocab[s] for s in bpe(key, self.ranks)]
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        ids = [self.vocab[s] for s in bpe(key, self.ranks)]
+        if len(key) <= MAX_TOKEN_CHARS:  # ordinary words; a flood of long unique ones stays out of memory
+            self._cache[key] = ids
+        return ids
 
     def add_tokens(self, tokens: str | list[str]) -> int:
         """Add new words to the vocabulary (ids after the last), each read as one token; returns how
@@ -238,6 +275,7 @@ class CLIPTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """`[SOT, ..., EOT]` ids for one text, neither padded nor truncated."""
+        text = _check_text(text)
         pieces = [text] if self._added_pattern is None else self._added_pattern.split(text)
         body = []
         for i, piece in enumerate(pieces):  # odd pieces are added tokens
@@ -246,6 +284,31 @@ class CLIPTokenizer:
             else:
                 body += [t for word in self.words(piece) for t in self._word_ids(word)]
         return [self.bos_token_id, *body, self.eos_token_id]
+
+    def encode_truncated(self, text: str, length: int = MODEL_MAX_LENGTH) -> tuple[list[int], str]:
+        """`[SOT, ..., EOT]` cut to at most `length` ids, and the dropped text ("" when all fits).
+
+        Merging stops once the ids are full, and at most `length * MAX_TOKEN_CHARS` characters of a
+        word are merged, so a huge text costs about as much as a full prompt.
+        """
+        budget = length - 2
+        limit = 2 * length * MAX_TOKEN_CHARS  # more than `length` tokens can cover, whitespace included
+        if self._added_pattern is not None and self._added_pattern.search(text[:limit]):
+            ids = self.encode(text[:limit])  # added words (textual inversion) are read whole
+            if len(ids) <= length:
+                return ids, text[limit:]
+            return [*ids[: length - 1], self.eos_token_id], self.decode(ids[length - 1 : -1]) + text[limit:]
+        cleaned = clean_text(_check_text(text)[:limit])
+        body: list[int] = []
+        for match in PRETOKENIZE.finditer(cleaned):
+            word = match.group()
+            ids = self._word_ids(word[: (budget - len(body) + 1) * MAX_TOKEN_CHARS])
+            if len(body) + len(ids) > budget:
+                kept = ids[: budget - len(body)]
+                dropped = word[len(self.decode(kept)) :] + cleaned[match.end() :]
+                return [self.bos_token_id, *body, *kept, self.eos_token_id], dropped + text[limit:]
+            body += ids
+        return [self.bos_token_id, *body, self.eos_token_id], text[limit:]
 
     def tokenize(self, text: str) -> list[str]:
         """The vocabulary strings of `text`'s tokens (byte stand-ins, `</w>` ending each word)."""
@@ -260,6 +323,9 @@ class CLIPTokenizer:
     ) -> str:
         """Text of `ids`: bytes restored, each `</w>` read as a space."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        for i in ids:
+            if operator.index(i) not in self.id_to_token:
+                raise UserError(f"token id {i} is not in the vocabulary (ids 0 to {len(self.vocab) - 1})")
         special = {self.bos_token_id, self.eos_token_id}
         tokens = [self.id_to_token[i] for i in ids if not (skip_special_tokens and i in special)]
         text = byte_decode("".join(tokens)).replace(END_OF_WORD, " ")
@@ -275,17 +341,37 @@ class CLIPTokenizer:
 
     def __call__(self, text: str | list[str], max_length: int | None = None) -> torch.Tensor:
         """`LongTensor[B, 77]`: SOT, ids, EOT, padded with EOT; too-long prompts are cut with a warning."""
-        texts = [text] if isinstance(text, str) else list(text)
-        length = max_length or self.model_max_length
+        texts = [_check_text(text)] if isinstance(text, str) else [_check_text(t) for t in _text_list(text)]
+        length = self.model_max_length if max_length is None else operator.index(max_length)
+        if length < 2:
+            raise UserError(f"max_length={length}: it must be at least 2 (room for SOT and EOT), usually 77")
         rows = []
         for t in texts:
-            ids = self.encode(t)
-            if len(ids) > length:
+            ids, dropped = self.encode_truncated(t, length)
+            if dropped.strip():
+                shown = dropped if len(dropped) <= 60 else f"{dropped[:30]} ... {dropped[-25:]}"
                 warnings.warn(
-                    f"prompt is {len(ids) - 2} tokens, over CLIP's limit of {length - 2}: the last "
-                    f"{len(ids) - length} tokens were dropped ({t[:40]!r}...); to read all of it, call "
-                    "the pipeline with long_prompt=True (or `generate --long-prompt`): chunks of 75 tokens",
+                    f"prompt is over CLIP's limit of {length - 2} tokens; this part was dropped: {shown!r}; "
+                    "to read all of it, pass long_prompt=True (or `generate --long-prompt`)",
                     stacklevel=2,
                 )
             rows.append(pad_or_truncate(ids, length, self.pad_token_id))
         return torch.tensor(rows, dtype=torch.long).reshape(len(texts), length)  # [B, 77]
+
+
+def _check_text(text: object) -> str:
+    if isinstance(text, str):
+        return text
+    if isinstance(text, bytes | bytearray):
+        raise TypeError(
+            f"the prompt is bytes ({bytes(text[:20])!r}...): decode it first, e.g. text.decode('utf-8')"
+        )
+    raise TypeError(
+        f"the prompt must be a string (or a list of strings), got {type(text).__name__}: {text!r:.60}"
+    )
+
+
+def _text_list(text: object) -> list:
+    if isinstance(text, list | tuple):
+        return list(text)
+    return [_check_text(text)]  # raises the TypeError naming the type

@@ -367,7 +367,8 @@ class AutoencoderKL(ModelMixin):
         """Decode with fp32 copies of post_quant_conv and the decoder; the module itself is untouched."""
         post_quant_conv = copy.deepcopy(self.post_quant_conv).float()
         decoder = copy.deepcopy(self.decoder).float()
-        return self._decode(z.float(), tiled, post_quant_conv, decoder).half()
+        image = self._decode(z.float(), tiled, post_quant_conv, decoder)
+        return image.clamp(-65504, 65504).half()  # fp16's range: no inf from the cast
 
     def forward(
         self,

@@ -4,7 +4,6 @@ gigabytes of weights are read."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -12,10 +11,11 @@ from pathlib import Path
 import torch
 
 from minisd.device import get_device
+from minisd.errors import UserError
 from minisd.loading.assets import hub_download
 from minisd.loading.configs import CONFIG_DIR, read_configs
 from minisd.loading.single_file import load_checkpoint, original_to_diffusers
-from minisd.loading.state_dict import load_into, read_config
+from minisd.loading.state_dict import load_into, read_config, read_json
 from minisd.models.clip import CLIPTextModel
 from minisd.models.modeling_utils import _one_dtype
 from minisd.models.tokenizer import CLIPTokenizer
@@ -52,7 +52,8 @@ def load_pipeline_parts(
     """The keyword arguments of `StableDiffusionPipeline(...)`: models, tokenizer, scheduler and the
     folder's settings (see `StableDiffusionPipeline.from_pretrained`)."""
     path = pretrained_model_name_or_path
-    if not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+    local = Path(path).exists() or Path(str(path).split("/")[0]).is_dir()  # "models/sd15" is a local path
+    if not local and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
         path = hub_download(str(path), variant)  # "owner/name": a model hub repository
     path = Path(path)
     device = torch.device(device) if device is not None else get_device()
@@ -64,7 +65,9 @@ def load_pipeline_parts(
                 "text_encoder/, tokenizer/, scheduler/) or a .safetensors/.ckpt single file"
             )
         folder, scheduler_config = path, read_config(path / "scheduler")
-        index = json.loads((path / "model_index.json").read_text())
+        index = read_json(path / "model_index.json")
+        if not isinstance(index, dict):
+            raise UserError(f"{path / 'model_index.json'} holds a JSON {type(index).__name__}, not an object")
     elif path.is_file():
         folder = Path(config) if config is not None else CONFIG_DIR
         configs = read_configs(folder)

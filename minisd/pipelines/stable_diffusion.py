@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ from minisd.models.vae import AutoencoderKL
 from minisd.pipelines.image_processing import to_pil
 from minisd.pipelines.loading import load_pipeline_parts
 from minisd.pipelines.long_prompt import encode_long_prompt
+from minisd.pipelines.validation import MAX_PIXELS, MAX_STEPS, check_call, check_images, check_latents
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -71,7 +73,11 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
     The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
     feature extractor or image encoder, so those must stay None (`requires_safety_checker` is
     accepted and has nothing to check). `scheduler_config` and `mask_text_padding` are minisd's.
+    `max_pixels` and `max_steps` bound the work of one call (None: no bound).
     """
+
+    max_pixels: int | None = MAX_PIXELS
+    max_steps: int | None = MAX_STEPS
 
     def __init__(
         self,
@@ -200,22 +206,9 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = _negative_prompts(negative_prompt, len(prompts)) if do_classifier_free_guidance else []
         texts = negatives + prompts
-        return self.tokenizer.attention_mask(self.tokenizer(texts)).to(self.device)
-
-    def _check_inputs(self, prompt, prompt_embeds, height, width, output_type, num_inference_steps) -> None:
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("give either prompt (a string or a list of strings) or prompt_embeds, not both")
-        f = self.vae_scale_factor
-        if height % f or width % f:
-            raise ValueError(
-                f"height and width must be divisible by {f} (the VAE downsamples {f}x), "
-                f"got {height}x{width}; "
-                f"try {height // f * f}x{width // f * f}"
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"unknown output_type {output_type!r}; choose one of {OUTPUT_TYPES}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        with warnings.catch_warnings():  # encode_prompt has warned about a too-long prompt already
+            warnings.simplefilter("ignore")
+            return self.tokenizer.attention_mask(self.tokenizer(texts)).to(self.device)
 
     def prepare_latents(
         self,
@@ -297,10 +290,10 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
                 callback_on_step_end_tensor_inputs=(callback_on_step_end_tensor_inputs, ("latents",)),
             ),
         )
-        default_size = self.unet.config["sample_size"] * self.vae_scale_factor
-        height, width = height or default_size, width or default_size
-        num_images_per_prompt = num_images_per_prompt or 1
-        self._check_inputs(prompt, prompt_embeds, height, width, output_type, num_inference_steps)
+        height, width, num_inference_steps, num_images_per_prompt, generator = check_call(
+            self, prompt, negative_prompt, prompt_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, generator, latents, output_type, OUTPUT_TYPES,
+        )  # fmt: skip
         if scheduler is None:
             scheduler = self.scheduler
         elif isinstance(scheduler, str):
@@ -333,6 +326,7 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
             if do_cfg:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # [B, 4, h, w]
             latents = scheduler.step(eps, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
+            check_latents(latents, i, t, len(scheduler.timesteps), self.dtype)
             if callback_on_step_end is not None:
                 latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
             if callback is not None:
@@ -353,4 +347,5 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, 4, h, w] -> images [B, 3, fh, fw] in [0, 1]."""
         images = self.vae.decode(latents / self.vae.scaling_factor).sample  # [-1, 1]
+        check_images(images)
         return (images / 2 + 0.5).clamp(0, 1)

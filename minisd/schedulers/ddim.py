@@ -72,6 +72,8 @@ class DDIMScheduler(SchedulerMixin):
     ):
         """x_t -> x_{t - T//n}; eta > 0 adds fresh noise (`variance_noise`, or drawn from `generator`)."""
         self._check_ready()
+        if not 0 <= eta <= 1:  # above 1 the noise outgrows the step (NaN); below 0 it means nothing
+            raise ValueError(f"DDIM eta={eta!r}: it must be between 0 (deterministic) and 1 (DDPM's noise)")
         t = int(timestep)
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps
         alpha_bar, alpha_bar_prev = self._alpha_bars(t, prev_t)

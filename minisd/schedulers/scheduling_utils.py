@@ -24,6 +24,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from minisd.loading.configs import check_config_types
+from minisd.loading.files import write_text
+from minisd.loading.state_dict import read_json
 from minisd.schedulers.common import (
     PREDICTION_TYPES,
     broadcast_to,
@@ -166,6 +169,7 @@ class SchedulerMixin:
         config.update(kwargs)
         params = cls._init_defaults()
         init_kwargs = {k: v for k, v in config.items() if k in params}
+        check_config_types(cls, init_kwargs)
         unused = {k: v for k, v in config.items() if k not in params}
         scheduler = cls(**init_kwargs)
         scheduler.config.update({k: v for k, v in unused.items() if k not in kwargs})
@@ -186,12 +190,12 @@ class SchedulerMixin:
         subfolder = kwargs.pop("subfolder", None)
         folder = Path(pretrained_model_name_or_path, subfolder or "")
         if folder.is_dir():
-            config = json.loads((folder / CONFIG_NAME).read_text())
+            config = read_json(folder / CONFIG_NAME)
         else:
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(str(pretrained_model_name_or_path), CONFIG_NAME, subfolder=subfolder)
-            config = json.loads(Path(path).read_text())
+            config = read_json(path)
         return (config, kwargs) if return_unused_kwargs else config
 
     @classmethod
@@ -213,7 +217,7 @@ class SchedulerMixin:
         config = {k: _json_value(v) for k, v in self.config.items() if k != "_use_default_values"}
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"_class_name": type(self).__name__, **config}, indent=2, sort_keys=True)
-        (Path(save_directory) / CONFIG_NAME).write_text(text + "\n")
+        write_text(Path(save_directory) / CONFIG_NAME, text + "\n")
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
         """Same as `save_config` (a scheduler has no weights)."""

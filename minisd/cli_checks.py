@@ -1,0 +1,97 @@
+"""What the command line checks before any work, and its one error handler (chapter 06)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+from minisd.errors import USER_ERRORS
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def prog_name(argv0: str) -> str:
+    """How the user started the command line: the installed `minisd`, or `python -m minisd`."""
+    path = Path(argv0)
+    return "python -m minisd" if path.name == "__main__.py" and path.parent.name == "minisd" else "minisd"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    from argparse import ArgumentTypeError
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite real number."""
+    from argparse import ArgumentTypeError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed torch accepts, 0 to 2**64 - 1."""
+    from argparse import ArgumentTypeError
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise ArgumentTypeError(f"must be between {low} and 2**64 - 1, got {value}")
+    return value
+
+
+def check_image_path(path: str | Path) -> str:
+    """The PIL format to save `path` in; its folder must exist and its extension be one PIL writes."""
+    from PIL import Image
+
+    from minisd.errors import UserError
+    from minisd.loading.files import check_destination
+
+    path = Path(path)
+    check_destination(path, overwrite=True)
+    Image.init()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise UserError(
+            f"{path}: cannot write pictures of type {path.suffix or '(no extension)'!r}; use .png or .jpg"
+        )
+    check_destination(path, overwrite=True)
+    return image_format
+
+
+@contextlib.contextmanager
+def report_errors(prog: str, debug: bool = False) -> Iterator[None]:
+    """Turn a user's mistake into `prog: error: message` and exit status 2; `debug` keeps the traceback."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        message = str(e) or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
