@@ -30,6 +30,7 @@ from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL
 from minisd.pipelines.image_processing import to_pil
 from minisd.pipelines.loading import load_pipeline_parts
+from minisd.pipelines.lora_mixin import StableDiffusionLoraLoaderMixin, apply_lora_scale
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -63,7 +64,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
-class StableDiffusionPipeline:
+class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin):
     """Text-to-image with SD v1.x: `pipe(prompt).images` -> list of PIL images (see the module docstring).
 
     The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
@@ -237,6 +238,7 @@ class StableDiffusionPipeline:
         return latents.to(self.device, self.dtype)
 
     @torch.inference_mode()
+    @apply_lora_scale
     def __call__(
         self,
         prompt: str | list[str] | None = None,
