@@ -12,7 +12,6 @@ from tiny_sd import SD15, randomize, save_diffusers_pipeline
 from torch import nn
 
 from minisd.loading import CheckpointError
-from minisd.loading.lora_formats import load_lora_into_models, lora_state_dict, save_lora_file
 from minisd.models import UNet2DConditionModel
 from minisd.models.lora import (
     UNET_ATTENTION,
@@ -26,6 +25,7 @@ from minisd.models.lora import (
     remove_lora,
 )
 from minisd.pipelines import StableDiffusionPipeline
+from minisd.pipelines.lora_formats import load_lora_into_models, lora_state_dict, save_lora_file
 
 pytest.importorskip("peft", reason="diffusers loads LoRA files only with peft installed (pip install peft)")
 

@@ -10,9 +10,9 @@ from contextlib import ExitStack
 
 import torch
 
-from minisd.loading.lora_formats import load_lora_into_models, read_lora_file
 from minisd.models import lora
 from minisd.models.modeling_utils import reject_unsupported
+from minisd.pipelines.lora_formats import load_lora_into_models, read_lora_file
 
 LORA_COMPONENTS = ("unet", "text_encoder")
 
