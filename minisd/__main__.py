@@ -1,4 +1,4 @@
-"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny`."""
+"""Command line: `python -m minisd setup | convert | generate | evaluate | train-tiny | train-lora`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,23 @@ def _load_pipeline(args: argparse.Namespace):
     return StableDiffusionPipeline.from_pretrained(weights, config=args.config, dtype=dtype)
 
 
+def _load_loras(pipe, specs: list[str]) -> None:
+    """--lora PATH[:SCALE], repeatable: each file an adapter, all active with their scales."""
+    names, scales = [], []
+    for i, spec in enumerate(specs):
+        path, _, scale = spec.rpartition(":")
+        try:
+            scales.append(float(scale))
+        except ValueError:  # no scale given (or a ':' inside the path)
+            path = spec
+            scales.append(1.0)
+        names.append(f"lora_{i}")
+        pipe.load_lora_weights(path, adapter_name=names[-1])
+        print(f"LoRA {path} at scale {scales[-1]:g}")
+    if names:
+        pipe.set_adapters(names, scales)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
@@ -66,6 +83,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from minisd.shapes import TINY_SAMPLING
 
     pipe = _load_pipeline(args)
+    _load_loras(pipe, args.lora)
     # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
     defaults = TINY_SAMPLING if args.weights is None else SD_SAMPLING
     opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in defaults}
@@ -128,6 +146,29 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     print(f"try it: python -m minisd evaluate --weights {folder}")
 
 
+def cmd_train_lora(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from minisd.loading.assets import cache_dir
+    from minisd.shapes import tiny_model_path
+    from minisd.training.lora import train_cyan_lora
+
+    output = Path(args.output) if args.output else cache_dir() / "cyan_lora.safetensors"
+    report = train_cyan_lora(
+        output,
+        args.weights or tiny_model_path(),
+        args.steps,
+        args.rank,
+        args.checkpoint_dir,
+        not args.no_evaluate,
+    )
+    print(json.dumps(report, indent=2))
+    print(
+        f"wrote {output}; try: python -m minisd generate 'a cyan circle on a red background' --lora {output}"
+    )
+
+
 def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
@@ -166,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--height", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--width", type=int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--upscale", type=int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)")
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA file (repeatable)"
+    )
     weights_options(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
@@ -193,6 +237,16 @@ def main(argv: list[str] | None = None) -> None:
         help="cpu (default: reproduces the packaged model bit for bit), cuda, mps, or auto (the best one)",
     )
     p.set_defaults(func=cmd_train_tiny)
+    p = sub.add_parser("train-lora", help="teach the tiny model the colour cyan with a LoRA (chapter 08)")
+    p.add_argument(
+        "--output", help="the .safetensors to write (default ~/.cache/minisd/cyan_lora.safetensors)"
+    )
+    p.add_argument("--weights", help="the base model folder (default: the packaged tiny model)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the before/after adherence measurements")
+    p.set_defaults(func=cmd_train_lora)
     args = parser.parse_args(argv)
     args.func(args)
 
