@@ -1,5 +1,5 @@
-"""Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-embedding` (or
-`python -m minisd ...`)."""
+"""Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-lora |
+train-embedding` (or `python -m minisd ...`)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,23 @@ def _load_pipeline(args: argparse.Namespace):
     return StableDiffusionPipeline.from_pretrained(weights, config=args.config, dtype=dtype)
 
 
+def _load_loras(pipe, specs: list[str]) -> None:
+    """--lora PATH[:SCALE], repeatable: each file an adapter, all active with their scales."""
+    names, scales = [], []
+    for i, spec in enumerate(specs):
+        path, _, scale = spec.rpartition(":")
+        try:
+            scales.append(float(scale))
+        except ValueError:  # no scale given (or a ':' inside the path)
+            path = spec
+            scales.append(1.0)
+        names.append(f"lora_{i}")
+        pipe.load_lora_weights(path, adapter_name=names[-1])
+        print(f"LoRA {path} at scale {scales[-1]:g}")
+    if names:
+        pipe.set_adapters(names, scales)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
@@ -91,12 +108,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.scheduler is not None:
         get_scheduler(args.scheduler)  # an unknown name fails now, listing the known ones
     pipe = _load_pipeline(args)
+    _load_loras(pipe, args.lora)
     for spec in args.embedding or []:
         path, sep, token = spec.rpartition(":")
         if not sep or "/" in token or "\\" in token:  # no token given (or a Windows drive letter)
             path, token = spec, ""
         pipe.load_textual_inversion(path, token=token or None)
-    if args.weights is None and not args.embedding and (unknown := unknown_words(args.prompt)):
+    if args.weights is None and not (args.embedding or args.lora) and (unknown := unknown_words(args.prompt)):
         print(
             f"warning: the tiny shapes model has never seen {', '.join(map(repr, unknown))}; it knows only "
             "captions like 'a red circle above a blue square on a yellow background' (chapter 07)"
@@ -200,6 +218,29 @@ def cmd_train_embedding(args: argparse.Namespace) -> None:
     print(f'try it: python -m minisd generate "a {args.token} circle on a red background" --embedding {path}')
 
 
+def cmd_train_lora(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from minisd.loading.assets import cache_dir
+    from minisd.shapes import tiny_model_path
+    from minisd.training.lora import train_cyan_lora
+
+    output = Path(args.output) if args.output else cache_dir() / "cyan_lora.safetensors"
+    report = train_cyan_lora(
+        output,
+        args.weights or tiny_model_path(),
+        args.steps,
+        args.rank,
+        args.checkpoint_dir,
+        not args.no_evaluate,
+    )
+    print(json.dumps(report, indent=2))
+    print(
+        f"wrote {output}; try: python -m minisd generate 'a cyan circle on a red background' --lora {output}"
+    )
+
+
 def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
@@ -265,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH[:TOKEN]",
         help="load a textual-inversion embedding (web UI .pt/.safetensors or diffusers'), optionally renamed",
     )
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA file (repeatable)"
+    )
     weights_options(p)
     p.set_defaults(func=cmd_generate)
     p = add("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
@@ -304,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=600, help="training steps")
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.set_defaults(func=cmd_train_embedding)
+    p = add("train-lora", help="teach the tiny model the colour cyan with a LoRA (chapter 08)")
+    p.add_argument(
+        "--output", help="the .safetensors to write (default ~/.cache/minisd/cyan_lora.safetensors)"
+    )
+    p.add_argument("--weights", help="the base model folder (default: the packaged tiny model)")
+    p.add_argument("--steps", type=positive_int, default=400, help="training steps")
+    p.add_argument("--rank", type=positive_int, default=4, help="the rank r of every LoRA update")
+    p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the before/after adherence measurements")
+    p.set_defaults(func=cmd_train_lora)
     return parser
 
 

@@ -127,6 +127,10 @@ SHARED = [
     (minisd.UNet2DConditionModel.from_pretrained, diffusers.UNet2DConditionModel.from_pretrained),
     (minisd.CLIPTextModel.from_pretrained, transformers.CLIPTextModel.from_pretrained),
     (minisd.StableDiffusionPipeline.from_pretrained, diffusers.StableDiffusionPipeline.from_pretrained),
+    *[
+        (getattr(minisd.StableDiffusionPipeline, name), getattr(diffusers.StableDiffusionPipeline, name))
+        for name in ("load_lora_weights", "set_adapters", "fuse_lora", "unfuse_lora", "unload_lora_weights")
+    ],
 ]
 
 

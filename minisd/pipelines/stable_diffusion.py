@@ -33,6 +33,7 @@ from minisd.models.vae import AutoencoderKL
 from minisd.pipelines.image_processing import to_pil
 from minisd.pipelines.loading import load_pipeline_parts
 from minisd.pipelines.long_prompt import encode_long_prompt
+from minisd.pipelines.lora_mixin import StableDiffusionLoraLoaderMixin, apply_lora_scale
 from minisd.pipelines.validation import MAX_PIXELS, MAX_STEPS, check_call, check_images, check_latents
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
@@ -67,7 +68,7 @@ def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
-class StableDiffusionPipeline(TextualInversionLoaderMixin):
+class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
     """Text-to-image with SD v1.x: `pipe(prompt).images` -> list of PIL images (see the module docstring).
 
     The constructor takes diffusers' arguments in diffusers' order; minisd has no safety checker,
@@ -233,6 +234,7 @@ class StableDiffusionPipeline(TextualInversionLoaderMixin):
         return latents.to(self.device, self.dtype)
 
     @torch.inference_mode()
+    @apply_lora_scale
     def __call__(
         self,
         prompt: str | list[str] | None = None,
