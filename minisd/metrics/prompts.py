@@ -34,20 +34,32 @@ def _adherence(images: np.ndarray, scenes: list[ShapeScene]) -> float:
     return float(np.mean([np.mean(list(s.values())) for s in scores]))
 
 
+def caption_adherence(
+    pipe,
+    template: str = "{}",
+    long_prompt: bool = False,
+    num_scenes: int = 32,
+    seed: int = 0,
+    steps: int = 25,
+) -> float:
+    """Adherence of random scenes drawn from their captions put into `template` (e.g. "BREAK {}")."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(num_scenes)]
+    prompts = [template.format(s.caption) for s in scenes]
+    return _adherence(_sample(pipe, prompts, seed, steps, long_prompt=long_prompt), scenes)
+
+
 def filler_adherence(
     pipe, num_scenes: int = 32, filler_tokens: int = 90, seed: int = 0, steps: int = 25
 ) -> dict:
     """Captions put after `filler_tokens` tokens of filler: adherence of the plain caption, of the
     padded caption truncated to 77 tokens (the caption is cut off), and of it read as a long prompt."""
-    rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(num_scenes)]
-    pad = FILLER * (filler_tokens // 3)
-    captions = [s.caption for s in scenes]
-    padded = [pad + c for c in captions]
+    padded = FILLER * (filler_tokens // 3) + "{}"
+    args = dict(num_scenes=num_scenes, seed=seed, steps=steps)
     return {
-        "plain": _adherence(_sample(pipe, captions, seed, steps), scenes),
-        "truncated": _adherence(_sample(pipe, padded, seed, steps), scenes),
-        "long_prompt": _adherence(_sample(pipe, padded, seed, steps, long_prompt=True), scenes),
+        "plain": caption_adherence(pipe, "{}", **args),
+        "truncated": caption_adherence(pipe, padded, **args),
+        "long_prompt": caption_adherence(pipe, padded, long_prompt=True, **args),
     }
 
 
@@ -67,15 +79,18 @@ def weight_sweep(
     return rows
 
 
-def novel_color_adherence(pipe, word: str, num_scenes: int = 32, seed: int = 0, steps: int = 25) -> dict:
-    """Cyan scenes captioned with `word` in place of "cyan": how often a cyan object is drawn
-    ("color"), its shape right ("shape"), and the cyan share of the pictures ("coverage")."""
+def novel_color_adherence(
+    pipe, word: str, color: str = "cyan", num_scenes: int = 32, seed: int = 0, steps: int = 25
+) -> dict:
+    """One-object scenes in `color` captioned with `word` in place of the colour's name: how often an
+    object of that colour is drawn ("color"), its shape right ("shape"), and the colour's share of
+    the pictures ("coverage")."""
     rng = random.Random(seed + 1)
-    scenes = [novel_scene(rng) for _ in range(num_scenes)]
-    images = _sample(pipe, [s.caption.replace("cyan", word) for s in scenes], seed, steps)
+    scenes = [novel_scene(rng, color) for _ in range(num_scenes)]
+    images = _sample(pipe, [s.caption.replace(f"a {color} ", f"a {word} ", 1) for s in scenes], seed, steps)
     scores = [score_image(i, s) for i, s in zip(images, scenes, strict=True)]
     return {
         "color": float(np.mean([s["color"] for s in scores])),
         "shape": float(np.mean([s["shape"] for s in scores])),
-        "coverage": color_coverage(images, "cyan"),
+        "coverage": color_coverage(images, color),
     }

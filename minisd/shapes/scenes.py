@@ -101,10 +101,11 @@ def _single(rng: random.Random, background: str, color: str, shape: str) -> Shap
 
 
 def novel_scene(rng: random.Random, color: str = "cyan") -> ShapeScene:
-    """One object of a NOVEL_COLORS colour on a background from COLORS, placed as single objects are."""
-    if color not in NOVEL_COLORS:
-        raise ValueError(f"{color!r} is not a novel colour; choose one of {sorted(NOVEL_COLORS)}")
-    return _single(rng, rng.choice(list(COLORS)), color, rng.choice(SHAPES))
+    """One object of `color` (by default the novel cyan; any PALETTE colour) on another colour of
+    COLORS, placed as single objects are."""
+    if color not in PALETTE:
+        raise ValueError(f"{color!r} is not a colour of the shapes world; choose one of {sorted(PALETTE)}")
+    return _single(rng, rng.choice([c for c in COLORS if c != color]), color, rng.choice(SHAPES))
 
 
 def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:

@@ -28,19 +28,21 @@ from minisd.shapes import TINY_CONFIGS, novel_scene, render_scene
 from minisd.training.data import batch_indices, encode_posteriors
 
 
-def cyan_dataset(n: int, token: str, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """n pictures of one cyan shape [n, 3, 32, 32] in [-1, 1], captioned with `token` for "cyan"."""
+def color_dataset(n: int, token: str, color: str = "cyan", seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """n pictures of one shape in `color` [n, 3, 32, 32] in [-1, 1], captioned with `token` for the
+    colour's name ("a <cyan> circle on a red background")."""
     rng = random.Random(seed)
-    scenes = [novel_scene(rng) for _ in range(n)]
+    scenes = [novel_scene(rng, color) for _ in range(n)]
     images = np.stack([render_scene(s) for s in scenes])  # [n, 32, 32, 3] uint8
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, [s.caption.replace("cyan", token) for s in scenes]
+    return x, [s.caption.replace(f"a {color} ", f"a {token} ", 1) for s in scenes]
 
 
 def train_embedding(
     pipe,
     token: str = "<cyan>",
     initializer: str = "blue",
+    color: str = "cyan",
     steps: int = 600,
     batch_size: int = 32,
     lr: float = 2e-2,
@@ -50,7 +52,8 @@ def train_embedding(
     progress: bool = True,
 ) -> dict:
     """Learn `token`'s embedding row in `pipe` (added to its tokenizer and text encoder, started
-    from `initializer`'s row) -> {"vector" [1, D], "losses", "seconds", "trained_parameters"}.
+    from `initializer`'s row) from pictures of shapes in `color` -> {"vector" [1, D], "losses",
+    "seconds", "trained_parameters"}.
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a second call with
     the same directory resumes. Raises if any frozen parameter changed.
@@ -82,7 +85,7 @@ def train_embedding(
             table[row] = saved["vector"][0].to(device)
         opt.load_state_dict(saved["optimizer"])
         state = {k: saved[k] for k in state}
-    images, captions = cyan_dataset(num_images, token)
+    images, captions = color_dataset(num_images, token, color)
     posteriors = encode_posteriors(vae, images.to(device))  # [N, 8, 8, 8]
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
     start = time.perf_counter() - state["seconds"]
