@@ -1,4 +1,4 @@
-"""Chapter 09's exercise checkers pass correct answers written independently and fail plausible wrong ones."""
+"""Chapter 08's exercise checkers pass correct answers written independently and fail plausible wrong ones."""
 
 import re
 

@@ -340,11 +340,11 @@ def noise_prediction_loss(candidate: Callable) -> bool:
     return compare_cases("noise_prediction_loss", torch.no_grad()(candidate), reference, cases)
 
 
-# Chapter 09: long prompts and weights ------------------------------------------------------------
+# Chapter 08: long prompts and weights ------------------------------------------------------------
 
 
 def prompt_attention(candidate: Callable[[str], list[tuple[str, float]]]) -> bool:
-    """Chapter 09: `candidate(text) -> [(text, weight)]`, the web UI's weighting syntax, against
+    """Chapter 08: `candidate(text) -> [(text, weight)]`, the web UI's weighting syntax, against
     `minisd.pipelines.prompt_parser.parse_prompt_attention` (weights compared to 4 decimals)."""
     from minisd.pipelines.prompt_parser import parse_prompt_attention
 
@@ -360,7 +360,7 @@ def prompt_attention(candidate: Callable[[str], list[tuple[str, float]]]) -> boo
 
 
 def mean_rescale(candidate: Callable) -> bool:
-    """Chapter 09: `candidate(z [B, 77, D], weights [B, 77]) -> [B, 77, D]`: multiply each token's
+    """Chapter 08: `candidate(z [B, 77, D], weights [B, 77]) -> [B, 77, D]`: multiply each token's
     vector by its weight, then rescale each prompt's result to its unweighted mean (`apply_weights`)."""
     from minisd.pipelines.long_prompt import apply_weights
 
@@ -375,7 +375,7 @@ def mean_rescale(candidate: Callable) -> bool:
 
 
 def prompt_chunks(candidate: Callable[[list[int], int], list[list[int]]], tokenizer=None) -> bool:
-    """Chapter 09: `candidate(ids, comma_id) -> chunks` splits a prompt's token ids (no SOT/EOT) into
+    """Chapter 08: `candidate(ids, comma_id) -> chunks` splits a prompt's token ids (no SOT/EOT) into
     chunks of at most 75 with the last-comma rule (20 tokens back), as `chunk_prompt` does."""
     from minisd.models.tokenizer import CLIPTokenizer
     from minisd.pipelines.long_prompt import chunk_prompt

@@ -1,4 +1,4 @@
-"""Textual inversion: new words whose input embeddings were learned, loaded into a pipeline (chapter 09).
+"""Textual inversion: new words whose input embeddings were learned, loaded into a pipeline (chapter 08).
 
 An embedding file holds n vectors of the text encoder's input width (768 for SD v1.x) and a name.
 Loading it adds the name to the tokenizer's vocabulary and one row per vector to the text

@@ -1,4 +1,4 @@
-"""Measuring what the prompt tools of chapter 09 do to the tiny shapes model, with the shapes reader."""
+"""Measuring what the prompt tools of chapter 08 do to the tiny shapes model, with the shapes reader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompts longer than 77 tokens, with the web UI's (word:1.2) weights and BREAK (chapter 09).
+"""Prompts longer than 77 tokens, with the web UI's (word:1.2) weights and BREAK (chapter 08).
 
 CLIP's text encoder has 77 position embeddings, so it reads at most 75 tokens between its start
 and end tokens. The UNet's cross-attention has no such limit: its keys and values are as many as

@@ -1,4 +1,4 @@
-"""The prompt syntax of the AUTOMATIC1111 web UI: attention weights and BREAK (chapter 09).
+"""The prompt syntax of the AUTOMATIC1111 web UI: attention weights and BREAK (chapter 08).
 
     (word)        weight x 1.1            ((word))   x 1.21, each pair multiplies again
     [word]        weight / 1.1            (word:1.5) weight x 1.5, (several words:0.8) too

@@ -1,4 +1,4 @@
-"""Training a textual-inversion embedding on the tiny shapes model (chapter 09).
+"""Training a textual-inversion embedding on the tiny shapes model (chapter 08).
 
 The model never saw the colour cyan. Instead of changing the model, find a word it already
 understands: add one new token, `<cyan>`, start its embedding row from a colour the model knows
