@@ -282,7 +282,7 @@ def test_bad_files_are_refused_whole(pipe, tmp_path):
         assert not lora_layers(pipe.unet) and not lora_layers(pipe.text_encoder), name  # nothing was loaded
 
 
-def test_truncated_and_pickled_files(pipe, tmp_path):
+def test_truncated_and_pickled_files(pipe, tmp_path, capsys):
     path = save_lora_file(make_lora(pipe), tmp_path / "lora.safetensors")
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -294,10 +294,14 @@ def test_truncated_and_pickled_files(pipe, tmp_path):
     with pytest.raises(ValueError, match="already loaded"):
         pipe.load_lora_weights(tmp_path / "lora.pt", adapter_name="pt")
     evil = tmp_path / "evil.ckpt"
-    with open(evil, "wb") as f:
-        pickle.dump({"x": Exploit()}, f)
+    torch.save({"x": Exploit()}, evil)  # a real torch checkpoint carrying code
     with pytest.raises(CheckpointError, match="never runs pickled code"):
         pipe.load_lora_weights(evil)
+    with open(evil, "wb") as f:  # a bare pickle, not torch's zip format
+        pickle.dump({"x": Exploit()}, f)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        pipe.load_lora_weights(evil)
+    assert "pickled code ran" not in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="SD 1.x"):  # a full model is not a LoRA
         pipe.load_lora_weights({"unet.conv_in.weight": torch.zeros(1)})
 
