@@ -25,8 +25,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (25, 25, 25),
 }
-# A colour the tiny model never sees in training: the new concept that a LoRA (chapter 08) and a
-# learned word embedding (textual inversion) teach it. The reader knows it, so it can be graded.
+# A colour the tiny model never sees in training: the new concept that a LoRA and a learned word
+# embedding (textual inversion, chapter 08) try to teach it; the reader knows it, so it is graded.
 NOVEL_COLORS: dict[str, tuple[int, int, int]] = {"cyan": (40, 210, 220)}
 PALETTE = {**COLORS, **NOVEL_COLORS}
 SHAPES = ("circle", "square", "triangle")
@@ -142,7 +142,7 @@ def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
 
 # every word of every training caption: the tiny model has learned nothing about any other word
 VOCABULARY = frozenset(
-    ["a", "two", "on", "background", *COLORS, *SHAPES, *(f"{s}s" for s in SHAPES)]
+    [*NUMBERS.values(), "on", "background", *COLORS, *SHAPES, *(f"{s}s" for s in SHAPES)]
     + [w for r in RELATIONS for w in r.split()]
 )
 
