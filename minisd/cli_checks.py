@@ -20,14 +20,20 @@ def prog_name(argv0: str) -> str:
     return "python -m minisd" if path.name == "__main__.py" and path.parent.name == "minisd" else "minisd"
 
 
+def _whole_number(text: str) -> int:
+    from argparse import ArgumentTypeError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     from argparse import ArgumentTypeError
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     if value < 1:
         raise ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -50,10 +56,7 @@ def seed(text: str) -> int:
     """argparse type: a seed torch accepts, 0 to 2**64 - 1."""
     from argparse import ArgumentTypeError
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text)
     low, high = SEED_RANGE
     if not low <= value <= high:
         raise ArgumentTypeError(f"must be between {low} and 2**64 - 1, got {value}")
