@@ -109,18 +109,18 @@ def novel_scene(rng: random.Random, color: str = "cyan") -> ShapeScene:
 
 
 def random_scene(rng: random.Random, held_out: bool = False) -> ShapeScene:
-    """One scene: 60% a single shape, 20% two alike, 20% two shapes in a spatial relation.
+    """One scene: 40% a single shape, 20% two alike, 40% two shapes in a spatial relation.
 
     With `held_out=True` the (first) object is one of the HELD_OUT pairs; otherwise none is.
     """
     background = rng.choice(list(COLORS))
     kind = rng.random()
-    if kind < 0.6:
+    if kind < 0.4:
         return _single(rng, background, *_pick_object(rng, background, held_out))
     size = rng.uniform(0.3, 0.38)
     lo, hi = 0.25, 0.75  # two slots on one axis, jittered on the other
     jitter = (rng.uniform(0.42, 0.58), rng.uniform(0.42, 0.58))
-    if kind < 0.8:
+    if kind < 0.6:
         color, shape = _pick_object(rng, background, held_out)
         horizontal = rng.random() < 0.5
         pos = [(lo, jitter[0]), (hi, jitter[1])] if horizontal else [(jitter[0], lo), (jitter[1], hi)]

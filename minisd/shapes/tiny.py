@@ -46,9 +46,11 @@ TINY_CONFIGS: dict[str, dict] = {
         "sample_size": 8,
         "in_channels": 4,
         "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64],
+        # as in SD: text enters at every level but the deepest; at 4x4 the padding tells each cell
+        # where it is, which is what "above" and "left of" need
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64, 64],
         "layers_per_block": 1,
         "attention_head_dim": 4,
         "cross_attention_dim": 64,

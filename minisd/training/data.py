@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minisd.models.vae import AutoencoderKL
+from minisd.shapes import ShapeScene, render_scene
 
 
 class RenderedDataset(torch.utils.data.Dataset):
@@ -26,6 +27,23 @@ class RenderedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         return self.images[i], self.captions[i]
+
+
+class SceneList(torch.utils.data.Dataset):
+    """Given scenes, drawn: item i is (image [3, size, size] in [-1, 1], caption)."""
+
+    def __init__(self, scenes: list[ShapeScene], size: int = 32):
+        self.scenes, self.size = scenes, size
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def scene(self, i: int) -> ShapeScene:
+        return self.scenes[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        img = torch.from_numpy(render_scene(self.scenes[i], self.size)).permute(2, 0, 1).float() / 127.5 - 1
+        return img, self.scenes[i].caption
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int = 0) -> list[int]:

@@ -32,6 +32,13 @@ def grounding_targets(
     return tokens, masks
 
 
+def upsample_map(maps: torch.Tensor, side: int) -> torch.Tensor:
+    """Cross-attention weights of a side x side grid [B, side*side, L] -> the 2x finer grid's
+    [B, 4*side*side, L]: each cell's weights copied to its four children (each still sums to 1)."""
+    grid = maps.unflatten(1, (side, side))  # [B, side, side, L]
+    return grid.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1, 2)
+
+
 def grounding_loss(maps: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """TokenCompose's token loss: (1 - the share of a word's attention that falls on its object)^2.
 

@@ -27,30 +27,12 @@ from minisd.pipelines import StableDiffusionPipeline
 from minisd.pipelines.lora_formats import lora_state_dict, save_lora_file
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, TINY_SAMPLING, ShapeScene, ShapesDataset, novel_scene
-from minisd.shapes.scenes import render_scene
-from minisd.training.data import RenderedDataset, batch_indices, encode_posteriors
+from minisd.training.data import RenderedDataset, SceneList, batch_indices, encode_posteriors
 
 UNET_TARGETS = lora.UNET_ATTENTION + lora.UNET_FEED_FORWARD
 TEXT_TARGETS = lora.TEXT_ATTENTION + lora.TEXT_MLP
 # cyan captions kept out of training, to test on captions the adapter never saw
 HELD_OUT_NOVEL = {("circle", "red"), ("square", "yellow"), ("triangle", "purple"), ("circle", "black")}
-
-
-class SceneList(torch.utils.data.Dataset):
-    """Given scenes, drawn: item i is (image [3, size, size] in [-1, 1], caption)."""
-
-    def __init__(self, scenes: list[ShapeScene], size: int = 32):
-        self.scenes, self.size = scenes, size
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def scene(self, i: int) -> ShapeScene:
-        return self.scenes[i]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        img = torch.from_numpy(render_scene(self.scenes[i], self.size)).permute(2, 0, 1).float() / 127.5 - 1
-        return img, self.scenes[i].caption
 
 
 def novel_scenes(n: int, seed: int, held_out: bool) -> list[ShapeScene]:

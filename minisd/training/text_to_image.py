@@ -29,7 +29,7 @@ from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, ShapesDataset
 from minisd.training.data import RenderedDataset, batch_indices, encode_posteriors
 from minisd.training.ema import EMA
-from minisd.training.grounding import grounding_loss, grounding_targets
+from minisd.training.grounding import grounding_loss, grounding_targets, upsample_map
 
 
 def train_text_to_image(
@@ -55,7 +55,8 @@ def train_text_to_image(
 
     `mask_text_padding` hides the padding after EOT from the UNet's cross-attention (then sample
     with a pipeline whose `mask_text_padding` is set too). `grounding_weight` adds that times
-    `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset);
+    `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset;
+    the maps of the latent grid and, upsampled, of the grid half its side);
     `ground_relation` grounds the relation word(s) too, on the first object.
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
@@ -112,11 +113,15 @@ def train_text_to_image(
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
         ids = tokenizer(captions).to(device)  # [B, 77]
         mask = tokenizer.attention_mask(ids) if mask_text_padding else None
-        with recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as maps:
+        with (
+            recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as fine,
+            recording_cross_attention(unet, side // 2) if grounding_weight else nullcontext([]) as coarse,
+        ):
             pred = unet(noisy, t, text_encoder(ids)[0], encoder_attention_mask=mask).sample
         loss = F.mse_loss(pred, noise)
         if grounding_weight:
             tokens = ground_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
+            maps = fine + [upsample_map(m, side // 2) for m in coarse]  # each [B, side * side, L]
             loss = loss + grounding_weight * grounding_loss(
                 torch.stack(maps).mean(0), tokens.to(device), ground_masks[idx].to(device)
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import torch
 
 from minisd.loading.assets import cache_dir
 from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
-from minisd.shapes import TINY_CONFIGS, ShapesDataset
+from minisd.shapes import NOVEL_COLORS, TINY_CONFIGS, ShapesDataset, novel_scene
 from minisd.training.autoencoder import latent_scaling_factor, train_autoencoder
-from minisd.training.data import RenderedDataset
+from minisd.training.data import RenderedDataset, SceneList
 from minisd.training.text_to_image import save_model, train_text_to_image
 
 
@@ -28,23 +29,27 @@ def default_checkpoint_dir(folder: Path) -> Path:
 def train_tiny_model(
     folder: str | os.PathLike,
     vae_steps: int = 2500,
-    steps: int = 3000,
+    steps: int = 4000,
     batch_size: int = 64,
     num_scenes: int = 20_000,
+    novel_color_scenes: int = 2_000,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     mask_text_padding: bool = True,
-    grounding_weight: float = 0.01,
-    ground_relation: bool = False,
+    grounding_weight: float = 0.3,
+    ground_relation: bool = True,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
     """The whole recipe: autoencoder, its scaling factor, then UNet + text encoder; saved to `folder`.
 
-    `num_scenes` training scenes are drawn once into memory. Checkpoints go to `checkpoint_dir`
-    (default: one folder per output folder under `~/.cache/minisd/checkpoints`); running again with
-    the same directory resumes. Returns the loss histories and the scaling factor, which are also
-    written, with the recipe and the seconds this call took, to `folder/training_log.json`.
+    `num_scenes` training scenes are drawn once into memory. The autoencoder also sees
+    `novel_color_scenes` objects in colours no caption names (NOVEL_COLORS): an image codec should
+    reproduce any colour, so that a later adapter (LoRA, textual inversion) can teach the UNet one.
+    Checkpoints go to `checkpoint_dir` (default: one folder per output folder under
+    `~/.cache/minisd/checkpoints`); running again with the same directory resumes. Returns the loss
+    histories and the scaling factor, which are also written, with the recipe and the seconds this
+    call took, to `folder/training_log.json`.
     Training runs on `device`: the CPU by default, where the packaged model is reproduced bit for
     bit (`minisd.device.get_device()` picks a GPU when there is one).
     """
@@ -58,9 +63,12 @@ def train_tiny_model(
         vae = AutoencoderKL.from_pretrained(vae_dir)
         vae_losses = json.loads((vae_dir / "losses.json").read_text())
     else:
+        rng = random.Random(seed)
+        novel = [novel_scene(rng, rng.choice(sorted(NOVEL_COLORS))) for _ in range(novel_color_scenes)]
+        images = torch.utils.data.ConcatDataset([dataset, RenderedDataset(SceneList(novel), progress)])
         vae = AutoencoderKL.from_config(TINY_CONFIGS["vae"])
         vae_losses = train_autoencoder(
-            vae, dataset, vae_steps, batch_size=16, progress=progress, device=device
+            vae, images, vae_steps, batch_size=16, progress=progress, device=device
         )
         vae.scaling_factor = latent_scaling_factor(vae.eval(), dataset)
         vae.save_pretrained(vae_dir)
@@ -76,7 +84,10 @@ def train_tiny_model(
     save_model(
         folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
     )
-    recipe = dict(vae_steps=vae_steps, steps=steps, batch_size=batch_size, num_scenes=num_scenes, seed=seed)
+    recipe = dict(
+        vae_steps=vae_steps, steps=steps, batch_size=batch_size, num_scenes=num_scenes,
+        novel_color_scenes=novel_color_scenes, seed=seed,
+    )  # fmt: skip
     log = {
         "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
