@@ -11,6 +11,7 @@ from minisd.metrics.adherence import (
 )
 from minisd.metrics.clip_score import clip_preprocess, clip_score, clip_similarities
 from minisd.metrics.fid import extract_features, feature_statistics, fid, frechet_distance
+from minisd.metrics.zero_shot import zero_shot_accuracy
 
 __all__ = [
     "adherence",
@@ -26,4 +27,5 @@ __all__ = [
     "frechet_distance",
     "plot_rows",
     "relation_control",
+    "zero_shot_accuracy",
 ]
