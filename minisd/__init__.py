@@ -9,6 +9,7 @@ The parts carry diffusers' and transformers' names, so the official weights load
 
 from minisd.device import get_device
 from minisd.models.clip import CLIPTextModel
+from minisd.models.clip_vision import CLIPModel, CLIPVisionModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
@@ -26,8 +27,10 @@ from minisd.schedulers import (
 
 __all__ = [
     "AutoencoderKL",
+    "CLIPModel",
     "CLIPTextModel",
     "CLIPTokenizer",
+    "CLIPVisionModel",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",

@@ -1,4 +1,5 @@
-"""Measuring a text-to-image model: prompt adherence and diversity, and where its words are read."""
+"""Measuring a text-to-image model: prompt adherence and diversity, where its words are read, and
+the field's two numbers, FID and CLIP score."""
 
 from minisd.metrics.adherence import (
     adherence,
@@ -8,12 +9,23 @@ from minisd.metrics.adherence import (
     plot_rows,
     relation_control,
 )
+from minisd.metrics.clip_score import clip_preprocess, clip_score, clip_similarities
+from minisd.metrics.fid import extract_features, feature_statistics, fid, frechet_distance
+from minisd.metrics.zero_shot import zero_shot_accuracy
 
 __all__ = [
     "adherence",
     "attention_binding",
+    "clip_preprocess",
+    "clip_score",
+    "clip_similarities",
     "evaluate_adherence",
+    "extract_features",
+    "feature_statistics",
+    "fid",
     "format_rows",
+    "frechet_distance",
     "plot_rows",
     "relation_control",
+    "zero_shot_accuracy",
 ]

@@ -1,0 +1,77 @@
+"""Zero-shot classification of shapes scenes with a CLIP model (chapter 12).
+
+To ask CLIP "which colour is the first object?", write the scene's caption once per colour and
+pick the caption whose features lie closest to the picture's. The same for the shape, the
+background and (for two-object scenes) the relation; each accuracy is the fraction of scenes whose
+true caption wins. Chance is 1/6 for a colour or background, 1/3 for a shape, 1/4 for a relation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from minisd.shapes import COLORS, RELATIONS, SHAPES, ShapeScene, render_scene
+
+ATTRIBUTES = ("color", "shape", "background", "relation")
+
+
+def candidate_scenes(scene: ShapeScene, attribute: str) -> list[ShapeScene]:
+    """The scene with `attribute` set to each possible value (the true one among them); empty when
+    the attribute does not apply (a relation of a scene without one). The first object is asked
+    about ("two red circles" change together)."""
+    if attribute == "relation":
+        return [dataclasses.replace(scene, relation=r) for r in RELATIONS] if scene.relation else []
+    if attribute == "background":
+        taken = {s.color for s in scene.shapes}
+        return [dataclasses.replace(scene, background=c) for c in COLORS if c not in taken]
+    field, values = {"color": ("color", COLORS), "shape": ("shape", SHAPES)}[attribute]
+    first, rest = scene.shapes[0], scene.shapes[1:]
+    alike = scene.relation is None  # "two red circles": both shapes are the one named
+    out = []
+    for v in values:
+        if field == "color" and v == scene.background:
+            continue
+        changed = dataclasses.replace(first, **{field: v})
+        others = tuple(dataclasses.replace(s, **{field: v}) for s in rest) if alike else rest
+        out.append(dataclasses.replace(scene, shapes=(changed, *others)))
+    return out
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    clip_model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    scenes: Sequence[ShapeScene],
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    size: int = 32,
+) -> dict[str, tuple[float, int]]:
+    """Per attribute: (accuracy, number of scenes it applies to) of picking the true caption.
+
+    `preprocess` maps rendered pictures [B, 3, size, size] in [0, 1] to the model's pixel_values
+    (e.g. `lambda x: clip_preprocess(x, 32)`).
+    """
+    device = next(clip_model.parameters()).device
+    pictures = torch.stack([torch.from_numpy(render_scene(s, size)).permute(2, 0, 1) for s in scenes]) / 255
+    image = F.normalize(clip_model.get_image_features(preprocess(pictures).to(device)).pooler_output, dim=-1)
+    asked = {a: [[c.caption for c in candidate_scenes(s, a)] for s in scenes] for a in ATTRIBUTES}
+    unique = sorted({c for rows in asked.values() for row in rows for c in row})
+    text = torch.cat(
+        [
+            clip_model.get_text_features(tokenizer(unique[i : i + 256]).to(device)).pooler_output
+            for i in range(0, len(unique), 256)
+        ]
+    )
+    text = dict(zip(unique, F.normalize(text, dim=-1), strict=True))  # caption -> [P]
+    result = {}
+    for attribute, rows in asked.items():
+        wins = [
+            row[torch.stack([text[c] for c in row]).matmul(features).argmax().item()] == scene.caption
+            for scene, features, row in zip(scenes, image, rows, strict=True)
+            if row
+        ]
+        result[attribute] = (sum(wins) / len(wins) if wins else float("nan"), len(wins))
+    return result
