@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=600, help="training steps")
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.set_defaults(func=cmd_train_embedding)
-    p = add("train-lora", help="teach the tiny model the colour cyan with a LoRA (chapter 08)")
+    p = add("train-lora", help="teach the tiny model the colour cyan with a LoRA (chapter 09)")
     p.add_argument(
         "--output", help="the .safetensors to write (default ~/.cache/minisd/cyan_lora.safetensors)"
     )

@@ -1,4 +1,4 @@
-"""LoRA: low-rank adapters on a frozen model (chapter 08; Hu et al. 2021, arXiv 2106.09685).
+"""LoRA: low-rank adapters on a frozen model (chapter 09; Hu et al. 2021, arXiv 2106.09685).
 
 A weight W [out, in] is left as it is; an adapter learns the update ΔW = B·A with A [r, in] and
 B [out, r], r much smaller than in and out, and adds (alpha / r) · B·A·x to the layer's output.

@@ -1,4 +1,4 @@
-"""LoRA files as people share them, read and written (chapter 08).
+"""LoRA files as people share them, read and written (chapter 09).
 
 Three spellings of the same thing, an adapter's A ("down") and B ("up") per adapted layer:
     diffusers / PEFT   unet.<module>.lora_A.weight, .lora_B.weight       text_encoder.<module>...

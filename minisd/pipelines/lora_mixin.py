@@ -1,4 +1,4 @@
-"""LoRA on a pipeline, with diffusers' method names (chapter 08): load_lora_weights, set_adapters,
+"""LoRA on a pipeline, with diffusers' method names (chapter 09): load_lora_weights, set_adapters,
 fuse_lora / unfuse_lora, unload_lora_weights, and a per-call scale via cross_attention_kwargs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training a LoRA on the tiny shapes model: teach it the colour cyan (chapter 08).
+"""Training a LoRA on the tiny shapes model: teach it the colour cyan (chapter 09).
 
 The packaged tiny model never saw cyan; "cyan" is a word of CLIP's vocabulary whose embedding row
 its text encoder never trained. Adapters on the UNet's attention and feed-forward layers and on the

@@ -19,6 +19,7 @@ from minisd.book.checks.core import (
     pad_and_truncate,
     scaled_dot_product_attention,
 )
+from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 
 __all__ = [
@@ -32,6 +33,9 @@ __all__ = [
     "diagonal_gaussian_sample",
     "geglu",
     "input_block_index",
+    "lora_conv",
+    "lora_linear",
+    "lora_param_count",
     "mean_rescale",
     "noise_prediction_loss",
     "pad_and_truncate",
