@@ -9,10 +9,11 @@ The parts carry diffusers' and transformers' names, so the official weights load
 
 from minisd.device import get_device
 from minisd.models.clip import CLIPTextModel
+from minisd.models.controlnet import ControlNetModel, MultiControlNetModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
-from minisd.pipelines import StableDiffusionPipeline
+from minisd.pipelines import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from minisd.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -28,6 +29,7 @@ __all__ = [
     "AutoencoderKL",
     "CLIPTextModel",
     "CLIPTokenizer",
+    "ControlNetModel",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
@@ -35,7 +37,9 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "LMSDiscreteScheduler",
+    "MultiControlNetModel",
     "PNDMScheduler",
+    "StableDiffusionControlNetPipeline",
     "StableDiffusionPipeline",
     "UNet2DConditionModel",
     "get_device",
