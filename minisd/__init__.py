@@ -10,10 +10,11 @@ The parts carry diffusers' and transformers' names, so the official weights load
 from minisd.device import get_device
 from minisd.models.clip import CLIPTextModel
 from minisd.models.clip_vision import CLIPModel, CLIPVisionModel
+from minisd.models.controlnet import ControlNetModel, MultiControlNetModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
-from minisd.pipelines import StableDiffusionPipeline
+from minisd.pipelines import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from minisd.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -31,6 +32,7 @@ __all__ = [
     "CLIPTextModel",
     "CLIPTokenizer",
     "CLIPVisionModel",
+    "ControlNetModel",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
@@ -38,7 +40,9 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "LMSDiscreteScheduler",
+    "MultiControlNetModel",
     "PNDMScheduler",
+    "StableDiffusionControlNetPipeline",
     "StableDiffusionPipeline",
     "UNet2DConditionModel",
     "get_device",

@@ -146,7 +146,9 @@ def test_output_conventions_and_refused_forward_arguments():
         out = unet(sample, 10, text)
         plain = unet(sample, 10, text, return_dict=False)
     assert out[0] is out.sample and type(plain) is tuple and torch.equal(plain[0], out.sample)
-    with pytest.raises(NotImplementedError, match="mid_block_additional_residual"):
+    with pytest.raises(NotImplementedError, match="down_intrablock_additional_residuals"):
+        unet(sample, 10, text, down_intrablock_additional_residuals=(torch.zeros(1, 64, 1, 1),))
+    with pytest.raises(ValueError, match="together"):
         unet(sample, 10, text, mid_block_additional_residual=torch.zeros(1, 64, 1, 1))
 
 

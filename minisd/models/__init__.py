@@ -1,8 +1,9 @@
 """The networks of Stable Diffusion v1.5, with diffusers' and transformers' names (chapters 01-05),
-and CLIP's image tower for measuring pictures (chapter 12)."""
+ControlNet, and CLIP's image tower for measuring pictures."""
 
 from minisd.models.clip import CLIPTextModel
 from minisd.models.clip_vision import CLIPModel, CLIPVisionModel
+from minisd.models.controlnet import ControlNetModel, MultiControlNetModel
 from minisd.models.modeling_utils import ModelMixin
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
@@ -14,7 +15,9 @@ __all__ = [
     "CLIPTextModel",
     "CLIPTokenizer",
     "CLIPVisionModel",
+    "ControlNetModel",
     "DiagonalGaussianDistribution",
     "ModelMixin",
+    "MultiControlNetModel",
     "UNet2DConditionModel",
 ]

@@ -269,8 +269,10 @@ class UNet2DConditionModel(ModelMixin):
 
         Returns `UNet2DConditionOutput(sample)` (a plain 1-tuple with `return_dict=False`).
         `encoder_attention_mask` [B, L] (1/True: read the token, 0/False: hide it, e.g. padding)
-        limits the cross-attention; None reads all L tokens, as SD v1.x does. diffusers' other
-        arguments (class labels, ControlNet residuals, ...) are refused when given.
+        limits the cross-attention; None reads all L tokens, as SD v1.x does.
+        `down_block_additional_residuals` (one per skip) and `mid_block_additional_residual`, a
+        ControlNet's outputs, are added to the skips and to the middle block's output. diffusers'
+        other arguments (class labels, adapter residuals, ...) are refused when given.
         """
         reject_unsupported(
             "UNet2DConditionModel.forward",
@@ -280,8 +282,6 @@ class UNet2DConditionModel(ModelMixin):
                 attention_mask=(attention_mask, None),
                 cross_attention_kwargs=(cross_attention_kwargs, None),
                 added_cond_kwargs=(added_cond_kwargs, None),
-                down_block_additional_residuals=(down_block_additional_residuals, None),
-                mid_block_additional_residual=(mid_block_additional_residual, None),
                 down_intrablock_additional_residuals=(down_intrablock_additional_residuals, None),
             ),
         )
@@ -309,6 +309,19 @@ class UNet2DConditionModel(ModelMixin):
             x, block_skips = block(x, temb, encoder_hidden_states, mask)
             skips += block_skips
         x = self.mid_block(x, temb, encoder_hidden_states, mask)
+        if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
+            raise ValueError(
+                "give down_block_additional_residuals and mid_block_additional_residual together "
+                "(a ControlNet's two outputs)"
+            )
+        if down_block_additional_residuals is not None:
+            if len(down_block_additional_residuals) != len(skips):
+                raise ValueError(
+                    f"{len(down_block_additional_residuals)} down_block_additional_residuals for "
+                    f"{len(skips)} skip connections: give one per skip (a ControlNet of this UNet's config)"
+                )
+            skips = tuple(s + r for s, r in zip(skips, down_block_additional_residuals, strict=True))
+            x = x + mid_block_additional_residual
         for block in self.up_blocks:
             k = len(block.resnets)
             x = block(x, skips[-k:], temb, encoder_hidden_states, mask)

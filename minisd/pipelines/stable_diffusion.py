@@ -324,7 +324,7 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
             x = torch.cat([latents] * 2) if do_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            eps = self.unet(x, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+            eps = self.predict_noise(x, t, context, mask, i, len(scheduler.timesteps))
             if do_cfg:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # [B, 4, h, w]
             latents = scheduler.step(eps, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
@@ -336,6 +336,21 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
 
         images = latents if output_type == "latent" else self.postprocess(latents, output_type)
         return StableDiffusionPipelineOutput(images, None) if return_dict else (images, None)
+
+    def predict_noise(
+        self,
+        latent_model_input: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        step: int,
+        num_steps: int,
+    ) -> torch.Tensor:
+        """The UNet's noise prediction at step `step` of `num_steps` ([2B or B, 4, h, w]); a pipeline
+        that adds a condition to the UNet (ControlNet) overrides this one method."""
+        return self.unet(
+            latent_model_input, t, encoder_hidden_states=context, encoder_attention_mask=mask
+        ).sample
 
     def postprocess(self, latents: torch.Tensor, output_type: str) -> list | np.ndarray | torch.Tensor:
         """Decode latents into images of `output_type` ("pt", "np" or "pil")."""
