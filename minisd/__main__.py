@@ -104,7 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from minisd.schedulers import get_scheduler
     from minisd.shapes import TINY_SAMPLING, unknown_words
 
-    image_format = check_image_path(args.output)  # before any work: a bad -o fails now, not after sampling
+    image_format = check_image_path(args.output, args.overwrite)  # before any work, not after sampling
     if args.scheduler is not None:
         get_scheduler(args.scheduler)  # an unknown name fails now, listing the known ones
     pipe = _load_pipeline(args)
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default="out.png", help="picture to write (.png, .jpg, ...; default out.png)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o picture")
     p.add_argument("--steps", type=positive_int, help="denoising steps (SD: 50, tiny model: 25)")
     p.add_argument("--guidance", type=finite_float, help="classifier-free guidance scale (SD: 7.5)")
     p.add_argument("--seed", type=seed, default=0, help="random seed: the same seed draws the same picture")

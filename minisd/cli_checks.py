@@ -63,8 +63,9 @@ def seed(text: str) -> int:
     return value
 
 
-def check_image_path(path: str | Path) -> str:
-    """The PIL format to save `path` in; its folder must exist and its extension be one PIL writes."""
+def check_image_path(path: str | Path, overwrite: bool = True) -> str:
+    """The PIL format to save `path` in; its folder must exist, its extension be one PIL writes, and
+    an existing file is refused unless `overwrite`."""
     from PIL import Image
 
     from minisd.errors import UserError
@@ -78,7 +79,7 @@ def check_image_path(path: str | Path) -> str:
         raise UserError(
             f"{path}: cannot write pictures of type {path.suffix or '(no extension)'!r}; use .png or .jpg"
         )
-    check_destination(path, overwrite=True)
+    check_destination(path, overwrite)
     return image_format
 
 

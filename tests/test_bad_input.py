@@ -18,6 +18,7 @@ import torch
 
 from minisd.errors import NonFiniteError, UserError
 from minisd.loading import CheckpointError, load_checkpoint, load_safetensors, save_checkpoint
+from minisd.loading.state_dict import check_finite
 from minisd.models import AutoencoderKL, CLIPTokenizer, UNet2DConditionModel
 from minisd.pipelines import StableDiffusionPipeline
 from minisd.pipelines.validation import size_multiple
@@ -191,6 +192,16 @@ def test_a_tensor_overwritten_with_ff_bytes_is_named(model_copy):
         load_safetensors(path)
     with pytest.raises(NonFiniteError, match="conv_in.weight"):
         StableDiffusionPipeline.from_pretrained(model_copy, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_non_finite_value_is_found_in_any_float_type(dtype, bad):
+    big = torch.full((1000, 70), 60000.0, dtype=dtype)  # finite, although its sum overflows fp16
+    check_finite({"big": big, "ids": torch.arange(3), "empty": torch.empty(0, dtype=dtype)}, "f")
+    big[-1, -1] = bad
+    with pytest.raises(NonFiniteError, match=r"f: tensor big \(1000, 70\) holds 1 NaN/inf"):
+        check_finite({"ids": torch.arange(3), "big": big}, "f")
 
 
 def test_a_ckpt_with_corrupt_tensor_data_fails_its_crc(tmp_path):

@@ -91,6 +91,28 @@ def test_evaluate_refuses_before_loading(tmp_path, capsys, no_loading, args, wor
     fails(["evaluate", *[a.format(tmp=tmp_path) for a in args]], capsys, words)
 
 
+def test_generate_never_overwrites_without_asking(tmp_path, capsys, no_loading):
+    picture = tmp_path / "out.png"
+    picture.write_bytes(b"a picture someone liked")
+    for extra in ([], ["--steps", "2", "--seed", "7"]):
+        err = fails(
+            ["generate", PROMPT, "-o", str(picture), *extra],
+            capsys,
+            "out.png already exists: pass --overwrite",
+        )
+        assert len(err.strip().splitlines()) == 1
+    assert picture.read_bytes() == b"a picture someone liked"
+    assert list(tmp_path.iterdir()) == [picture]  # nothing else written
+
+
+def test_generate_overwrite_replaces_the_picture(tmp_path, capsys):
+    picture = tmp_path / "out.png"
+    picture.write_bytes(b"an old picture")
+    main(["generate", PROMPT, "-o", str(picture), "--steps", "2", "--overwrite"])
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    assert list(tmp_path.iterdir()) == [picture]
+
+
 def test_bad_weights(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "o.png")
     fails(["generate", PROMPT, "-o", out, "--weights", str(tmp_path / "nothing")], capsys, "no model at")
@@ -179,7 +201,8 @@ def test_convert_overwrite_replaces_a_model_folder_whole(tmp_path, capsys, tiny_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
     umask = os.umask(0)
     os.umask(umask)
-    assert (folder / "unet" / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    for written in ("config.json", "diffusion_pytorch_model.safetensors"):  # not private to the user
+        assert (folder / "unet" / written).stat().st_mode & 0o777 == 0o666 & ~umask
     StableDiffusionPipeline.from_pretrained(folder, device="cpu")
 
 
@@ -255,8 +278,9 @@ def test_a_full_disk_changes_no_file_and_leaves_no_fragment(tmp_path, tiny_ckpt)
     assert target.read_bytes() == b"the old checkpoint"
     picture = tmp_path / "out.png"
     picture.write_bytes(b"the old picture")
-    result = run_cli("generate", PROMPT, "-o", str(picture), "--steps", "2", limit=1000)
+    result = run_cli("generate", PROMPT, "-o", str(picture), "--steps", "2", "--overwrite", limit=1000)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "out.png failed (File too large): is the disk full?" in result.stderr, result.stderr
     assert picture.read_bytes() == b"the old picture"
     folder = tmp_path / "unpacked"
     result = run_cli(

@@ -1,10 +1,16 @@
 """The loading base: strict keys with readable errors, dtype/device, variants, bad files."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from minisd.loading import CheckpointError, load_safetensors
+from minisd.loading.state_dict import empty_weights
 from minisd.models import ModelMixin
 
 
@@ -61,3 +67,29 @@ def test_truncated_file_names_the_problem(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated"):
         load_safetensors(path)
+
+
+def test_empty_weights_builds_on_meta_and_skips_only_meta_initialisers():
+    with empty_weights():
+        empty = nn.Embedding(49408, 768)
+        real = nn.Embedding(4, 3, device="cpu")  # asked for on the CPU: initialised as usual
+    assert empty.weight.is_meta and not real.weight.is_meta
+    assert real.weight.std() > 0.1
+    torch.manual_seed(0)
+    assert torch.equal(real.weight, nn.Embedding(4, 3).weight)  # the same random draw as outside
+
+
+def test_empty_weights_does_not_load_torch_compiler():
+    """`normal_` on the meta device imports torch._dynamo (seconds); building a model must not."""
+    code = (
+        "import sys\n"
+        "from minisd.loading.state_dict import empty_weights\n"
+        "from minisd.models import CLIPTextModel\n"
+        "with empty_weights():\n"
+        "    CLIPTextModel.from_config({'num_hidden_layers': 1})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"

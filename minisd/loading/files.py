@@ -5,6 +5,7 @@ system) only once complete, so a full disk or an interrupted run keeps the old f
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -20,10 +21,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the finished file private
     try:
         yield Path(tmp)
+        # mkstemp's 0600 (and safetensors', which writes a new file) would make the file private
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise OSError(f"writing {path} failed ({e.strerror}): is the disk full?") from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from minisd.loading.configs import check_config_types
 from minisd.loading.files import atomic_path, write_text
-from minisd.loading.state_dict import find_weights, load_into, load_safetensors, read_config
+from minisd.loading.state_dict import empty_weights, find_weights, load_into, load_safetensors, read_config
 
 
 class ModelConfig(dict):
@@ -122,7 +122,7 @@ class ModelMixin(torch.nn.Module):
         folder = pretrained_model_name_or_path
         dtype = _one_dtype(dtype, torch_dtype)
         config = read_config(folder)
-        with torch.device("meta"):
+        with empty_weights():
             model = cls.from_config(config)
         state_dict = cls.convert_state_dict(load_safetensors(find_weights(folder, variant)))
         return load_into(model, state_dict, dtype=dtype, device=device)

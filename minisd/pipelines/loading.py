@@ -15,7 +15,7 @@ from minisd.errors import UserError
 from minisd.loading.assets import hub_download
 from minisd.loading.configs import CONFIG_DIR, read_configs
 from minisd.loading.single_file import load_checkpoint, original_to_diffusers
-from minisd.loading.state_dict import load_into, read_config, read_json
+from minisd.loading.state_dict import empty_weights, load_into, read_config, read_json
 from minisd.models.clip import CLIPTextModel
 from minisd.models.modeling_utils import _one_dtype
 from minisd.models.tokenizer import CLIPTokenizer
@@ -90,7 +90,7 @@ def load_pipeline_parts(
         )
         models = {}
         for name, model_cls in MODELS.items():
-            with torch.device("meta"):
+            with empty_weights():
                 model = model_cls.from_config(configs[name])
             state = model_cls.convert_state_dict(parts.pop(name))
             models[name] = load_into(model, state, dtype=dtype, device=device)
