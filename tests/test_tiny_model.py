@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from minisd.__main__ import main
-from minisd.metrics import attention_binding, evaluate_adherence
+from minisd.metrics import attention_binding, evaluate_adherence, relation_control
 from minisd.pipelines import StableDiffusionPipeline
 from minisd.shapes import TINY_SAMPLING, tiny_model_path
 
@@ -100,3 +100,19 @@ def test_cli_train_tiny_writes_to_the_cache_unless_told(monkeypatch, tmp_path):
     assert kw_default["steps"] == 200 and kw_default["checkpoint_dir"] is None
     assert mine == tmp_path / "mine" and kw_mine["device"] == get_device()
     assert packaged == TINY_MODEL  # replacing the packaged model takes an explicit --output
+
+
+def test_whole_caption_bars(pipe):
+    """Every part of held-out captions: both objects' colour and shape, the count and the relation."""
+    (row,) = evaluate_adherence(
+        pipe, [TINY_SAMPLING["guidance"]], num_prompts=96, samples_per_prompt=2,
+        num_inference_steps=TINY_SAMPLING["steps"], progress=False,
+    )  # fmt: skip
+    assert row["second"] >= 0.9 and row["count"] >= 0.9, row
+    assert row["relation"] >= 0.85, row
+
+
+def test_reversed_caption_gives_the_reversed_relation(pipe):
+    """The same seed with the opposite relation word: the reader sees the opposite relation."""
+    result = relation_control(pipe, num_scenes=48, num_inference_steps=TINY_SAMPLING["steps"])
+    assert result["reversed"] >= 0.85 and result["relation"] >= 0.85, result
