@@ -117,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.weights is None and not (args.embedding or args.lora) and (unknown := unknown_words(args.prompt)):
         print(
             f"warning: the tiny shapes model has never seen {', '.join(map(repr, unknown))}; it knows only "
-            "captions like 'a red circle above a blue square on a yellow background' (chapter 07)"
+            "captions like 'a red circle above a blue triangle on a yellow background' (chapter 07)"
         )
     # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
     defaults = TINY_SAMPLING if args.weights is None else SD_SAMPLING
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
     p = add("generate", help="text to image with SD v1.x (or, without --weights, the tiny model)")
     p.add_argument(
-        "prompt", help="what to draw, e.g. 'a red circle above a blue square on a yellow background'"
+        "prompt", help="what to draw, e.g. 'a red circle above a blue triangle on a yellow background'"
     )
     p.add_argument(
         "-o", "--output", default="out.png", help="picture to write (.png, .jpg, ...; default out.png)"

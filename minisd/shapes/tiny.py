@@ -13,7 +13,7 @@ def tiny_model_path() -> Path:
     if not (TINY_MODEL / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the packaged tiny model is missing from {TINY_MODEL}; train it again with "
-            f"`python -m minisd train-tiny --output {TINY_MODEL}` (about 22 minutes on 2 CPU cores), "
+            f"`python -m minisd train-tiny --output {TINY_MODEL}` (about 90 minutes on 2 CPU cores), "
             "or pass --weights"
         )
     return TINY_MODEL
