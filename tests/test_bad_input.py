@@ -102,9 +102,9 @@ def test_numpy_integers_and_a_list_of_one_generator_are_accepted(pipe):
 
 # ---------------------------------------------------------------------------- 5, 6. sizes and work
 SIZES = [
-    ((28, 32), "height=28: .*multiples of 8 .*nearest are 24 and 32"),
-    ((32, 36), "width=36: .*nearest are 32 and 40"),
-    ((4, 32), "height=4: .*nearest are 8 and 16"),
+    ((28, 32), "height=28: .*multiples of 16 .*nearest are 16 and 32"),
+    ((32, 36), "width=36: .*nearest are 32 and 48"),
+    ((4, 32), "height=4: .*nearest are 16 and 32"),
     ((0, 32), "height=0: it must be at least 1"),
     ((-8, 32), "height=-8: it must be at least 1"),
     ((100_000, 100_000), "height=100000: at most 4096 pixels a side"),
@@ -122,7 +122,7 @@ def test_sizes_the_models_cannot_draw(pipe, size, words):
 
 
 def test_the_suggested_size_works_and_bounds_are_configurable(pipe, monkeypatch):
-    assert call(pipe, height=24, width=40).images.shape == (1, 4, 6, 10)  # what the message suggests
+    assert call(pipe, height=16, width=48).images.shape == (1, 4, 4, 12)  # what the message suggests
     monkeypatch.setattr(pipe, "max_steps", 2)
     with pytest.raises(UserError, match="at most 2"):
         call(pipe, num_inference_steps=3)

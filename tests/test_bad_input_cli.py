@@ -131,7 +131,7 @@ def test_bad_weights(tmp_path, capsys, monkeypatch):
 def test_sizes_the_model_cannot_draw_and_a_bogus_device(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o.png"
     fails(["generate", PROMPT, "-o", str(out), "--height", "30"], capsys,
-          "height=30: .*multiples of 8 .*nearest are 24 and 32")  # fmt: skip
+          "height=30: .*multiples of 16 .*nearest are 16 and 32")  # fmt: skip
     monkeypatch.setenv("MINISD_DEVICE", "bogus")
     fails(["generate", PROMPT, "-o", str(out)], capsys, "MINISD_DEVICE='bogus' is not a device")
     assert not out.exists()
