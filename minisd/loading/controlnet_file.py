@@ -1,4 +1,4 @@
-"""The original ControlNet 1.0 / 1.1 single files <-> diffusers' ControlNet names (chapter 09).
+"""The original ControlNet 1.0 / 1.1 single files <-> diffusers' ControlNet names.
 
 lllyasviel's files (`control_sd15_canny.pth`, `control_v11p_sd15_canny.pth`) keep the copy of the
 UNet encoder under `control_model.*` with the UNet's original names (`input_blocks`, `middle_block`,

@@ -1,4 +1,4 @@
-"""CLIP score: how well pictures agree with their prompts under a CLIP model, built in chapter 12.
+"""CLIP score: how well pictures agree with their prompts under a CLIP model.
 
 For each (picture, prompt) pair, the cosine of CLIP's projected image and text features, times 100
 and clipped at 0; the score of a set is the mean (the definition of Hessel et al.'s CLIPScore with

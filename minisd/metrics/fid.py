@@ -1,4 +1,4 @@
-"""Fréchet distance between two sets of pictures (FID), built in chapter 12.
+"""Fréchet distance between two sets of pictures (FID).
 
 Each set is summarised by the mean and covariance of its feature vectors (Inception's in the
 papers; any image encoder here, e.g. a CLIP image tower), and the two Gaussians are compared:

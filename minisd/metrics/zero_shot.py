@@ -1,4 +1,4 @@
-"""Zero-shot classification of shapes scenes with a CLIP model (chapter 12).
+"""Zero-shot classification of shapes scenes with a CLIP model.
 
 To ask CLIP "which colour is the first object?", write the scene's caption once per colour and
 pick the caption whose features lie closest to the picture's. The same for the shape, the

@@ -1,4 +1,4 @@
-"""CLIP's image tower and the two-tower CLIPModel, built in chapter 12.
+"""CLIP's image tower and the two-tower CLIPModel.
 
 A vision transformer cuts a [B, 3, 224, 224] picture into 16x16 = 256 patches of 14x14 pixels
 (ViT-L/14), embeds each with one strided convolution, puts a learned class token in front and adds a

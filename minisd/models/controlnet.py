@@ -1,4 +1,4 @@
-"""ControlNet (Zhang et al. 2023, arXiv 2302.05543): a trainable copy of the UNet's encoder (chapter 09).
+"""ControlNet (Zhang et al. 2023, arXiv 2302.05543): a trainable copy of the UNet's encoder.
 
 The copy reads the same noisy latent, timestep and text as the UNet, plus a condition image (edges,
 a mask, depth...) that a small convolutional network brings down to the latent's size and adds after

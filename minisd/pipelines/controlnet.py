@@ -1,4 +1,4 @@
-"""StableDiffusionControlNetPipeline: text-to-image steered by condition images (chapter 09).
+"""StableDiffusionControlNetPipeline: text-to-image steered by condition images.
 
 The text-to-image loop of StableDiffusionPipeline, with one change at every step: before the UNet
 runs, each ControlNet reads the same latents, timestep and text plus its condition image, and its

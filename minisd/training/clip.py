@@ -1,4 +1,4 @@
-"""Training a tiny CLIP on the shapes world, contrastively (chapter 12).
+"""Training a tiny CLIP on the shapes world, contrastively.
 
 A batch of pictures and their captions gives a similarity matrix (cosines times exp(logit_scale),
 the learned temperature); the loss asks each caption to pick its own picture out of the batch and
