@@ -55,7 +55,7 @@ def test_encoder_attention_mask_matches_diffusers():
         assert relative_max_diff(got, want) < 1e-4
         # a hidden token has no effect: the output is that of the text cut to the visible tokens
         assert relative_max_diff(got[1:2], ours(sample[1:2], 300, text[1:2, :11]).sample) < 1e-5
-        assert relative_max_diff(got[2:], ours(sample[2:], 300, text[2:]).sample) < 1e-6
+        assert relative_max_diff(got[2:], ours(sample[2:], 300, text[2:]).sample) < 1e-5
         assert relative_max_diff(got[:1], ours(sample[:1], 300, text[:1]).sample) > 1e-3
     with pytest.raises(ValueError, match=r"encoder_attention_mask has shape \(3, 76\)"):
         ours(sample, 300, text, encoder_attention_mask=mask[:, 1:])
