@@ -56,3 +56,21 @@ def test_sync_keeps_decorators(tmp_path):
     [(_, module, source)] = marked_cells(nb_path)
     assert source.splitlines()[1] == "@cache"
     assert cell_differences(module, source, tmp_path) == []
+
+
+def test_sync_keeps_the_cells_imports(tmp_path):
+    import json
+
+    from tools.chapters import sync_chapters
+
+    (tmp_path / "minisd").mkdir()
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "minisd" / "m.py").write_text("import math\n\n\ndef f(x):\n    return math.sqrt(x)\n")
+    stale = "# minisd: minisd/m.py\nimport math\n\n\ndef f(x):\n    return math.sqrt(x + 1)\n"
+    cell = {"cell_type": "code", "metadata": {}, "source": stale, "outputs": [], "execution_count": None}
+    nb_path = tmp_path / "chapters" / "01_x.ipynb"
+    nb_path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert sync_chapters(root=tmp_path) == {"chapters/01_x.ipynb": 1}
+    [(_, module, source)] = marked_cells(nb_path)
+    assert source.splitlines()[:3] == ["# minisd: minisd/m.py", "import math", ""]
+    assert cell_differences(module, source, tmp_path) == []

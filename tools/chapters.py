@@ -65,6 +65,20 @@ def _package_source(module: str, names: list[str], root: Path) -> str:
     return "\n\n\n".join(segment(defs[n]) for n in names)
 
 
+def _prelude(cell_source: str) -> str:
+    """What a marked cell holds between its marker and its first definition (its imports): kept."""
+    tree = ast.parse(cell_source)
+    first = min(
+        (
+            min([n.lineno] + [d.lineno for d in n.decorator_list])
+            for n in tree.body
+            if n.lineno and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        ),
+        default=1,
+    )
+    return "".join(cell_source.splitlines(keepends=True)[1 : first - 1])
+
+
 def sync_chapters(write: bool = True, root: Path = ROOT) -> dict[str, int]:
     """Rewrite (or with write=False only count) marked cells that differ from the package."""
     report = {}
@@ -76,7 +90,7 @@ def sync_chapters(write: bool = True, root: Path = ROOT) -> dict[str, int]:
                 continue
             changed += 1
             names = [n for n in _definitions(src) if n in _definitions((root / module).read_text())]
-            new = f"# minisd: {module}\n" + _package_source(module, names, root)
+            new = f"# minisd: {module}\n" + _prelude(src) + _package_source(module, names, root)
             nb["cells"][i]["source"] = new.splitlines(keepends=True)
         if changed:
             report[str(path.relative_to(root))] = changed
