@@ -148,7 +148,7 @@ def test_train_tiny_model_writes_the_model_and_its_log(tmp_path, monkeypatch):
     folder = tmp_path / "model"
     log = train_tiny_model(folder, vae_steps=2, steps=2, batch_size=4, num_scenes=40, progress=False)
     assert json.loads((folder / "training_log.json").read_text()) == log
-    assert len(log["vae_losses"]) == len(log["losses"]) == 2 and log["recipe"]["grounding_weight"] == 0.01
+    assert len(log["vae_losses"]) == len(log["losses"]) == 2 and log["recipe"]["grounding_weight"] == 0.3
     assert (default_checkpoint_dir(folder) / "training_state.pt").is_file()
     assert not (folder / "checkpoints").exists()
     assert StableDiffusionPipeline.from_pretrained(folder, device="cpu").mask_text_padding
