@@ -12,7 +12,11 @@ from minisd.models.clip import CLIPTextModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
-from minisd.pipelines import StableDiffusionPipeline
+from minisd.pipelines import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
 from minisd.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -36,6 +40,8 @@ __all__ = [
     "EulerDiscreteScheduler",
     "LMSDiscreteScheduler",
     "PNDMScheduler",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline",
     "UNet2DConditionModel",
     "get_device",
