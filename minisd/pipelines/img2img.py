@@ -77,21 +77,21 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
     def encode_images(
         self, image: torch.Tensor, batch: int, generator: torch.Generator | list[torch.Generator] | None
     ) -> torch.Tensor:
-        """Pictures [N, 3, H, W] in [-1, 1] -> scaled latents [batch, 4, h, w], sampled from the VAE's
-        posterior with the generator (one per picture for a list); latents [N, 4, h, w] pass through.
-        N pictures serve `batch` images when N divides it (repeated in turn, as diffusers)."""
+        """Pictures [N, 3, H, W] in [-1, 1] -> scaled latents [batch, 4, h, w]: each sampled from the VAE's
+        posterior (picture i with generator i for a list), then repeated in turn when N divides batch,
+        as diffusers does; latents [N, 4, h, w] are only repeated."""
         n = image.shape[0]
         if batch % n:
             raise UserError(f"{n} input pictures for {batch} images: give one, or one per image")
-        image = image.to(self.device, self.dtype).repeat(batch // n, 1, 1, 1)
-        if image.shape[1] == self.vae.config["latent_channels"]:
-            return image
-        if isinstance(generator, list):
-            dists = [self.vae.encode(image[i : i + 1]).latent_dist for i in range(batch)]
-            latents = torch.cat([d.sample(g) for d, g in zip(dists, generator, strict=True)])
-        else:
-            latents = self.vae.encode(image).latent_dist.sample(generator)  # [batch, 4, h, w]
-        return latents * self.vae.scaling_factor
+        image = image.to(self.device, self.dtype)
+        if image.shape[1] != self.vae.config["latent_channels"]:
+            if isinstance(generator, list):
+                dists = [self.vae.encode(image[i : i + 1]).latent_dist for i in range(n)]
+                image = torch.cat([d.sample(g) for d, g in zip(dists, generator, strict=False)])
+            else:
+                image = self.vae.encode(image).latent_dist.sample(generator)  # [N, 4, h, w]
+            image = image * self.vae.scaling_factor
+        return image.repeat(batch // n, 1, 1, 1)
 
     def noise_like(
         self, latents: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
@@ -166,6 +166,10 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionPipeline):
         scheduler.set_timesteps(settings.num_inference_steps, device=self.device)
         timesteps = strength_timesteps(scheduler, settings.num_inference_steps, strength)
         generator = settings.generator
+        if (
+            isinstance(generator, list) and text.batch % len(pixels) == 0
+        ):  # diffusers: one picture per generator
+            pixels = pixels.repeat(text.batch // len(pixels), 1, 1, 1)
         latents = self.encode_images(pixels, text.batch, generator)  # [B, 4, h, w]
         if len(timesteps):
             noise = self.noise_like(latents, generator)
