@@ -82,15 +82,6 @@ def test_generate_refuses_before_loading(tmp_path, capsys, no_loading, args, wor
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-@pytest.mark.parametrize(
-    ("args", "words"),
-    [
-        (["--plot", "{tmp}/plot.xyz"], "cannot write pictures of type '.xyz'"),
-        (["--plot", "{tmp}/no/plot.png"], "does not exist"),
-        (["--samples", "0"], "argument --samples: must be at least 1"),
-        (["--guidance", "1", "x"], "argument --guidance: expected a number, got 'x'"),
-    ],
-)
 def test_picture_inputs_refused_before_loading(tmp_path, capsys, no_loading):
     from PIL import Image
 
@@ -106,6 +97,15 @@ def test_picture_inputs_refused_before_loading(tmp_path, capsys, no_loading):
     assert not Path(out).exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--plot", "{tmp}/plot.xyz"], "cannot write pictures of type '.xyz'"),
+        (["--plot", "{tmp}/no/plot.png"], "does not exist"),
+        (["--samples", "0"], "argument --samples: must be at least 1"),
+        (["--guidance", "1", "x"], "argument --guidance: expected a number, got 'x'"),
+    ],
+)
 def test_evaluate_refuses_before_loading(tmp_path, capsys, no_loading, args, words):
     fails(["evaluate", *[a.format(tmp=tmp_path) for a in args]], capsys, words)
 
