@@ -14,7 +14,12 @@ from minisd.models.controlnet import ControlNetModel, MultiControlNetModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
-from minisd.pipelines import StableDiffusionControlNetPipeline, StableDiffusionPipeline
+from minisd.pipelines import (
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
 from minisd.schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -43,6 +48,8 @@ __all__ = [
     "MultiControlNetModel",
     "PNDMScheduler",
     "StableDiffusionControlNetPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline",
     "UNet2DConditionModel",
     "get_device",

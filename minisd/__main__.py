@@ -10,10 +10,12 @@ from pathlib import Path
 from minisd.cli_checks import (
     check_image_path,
     finite_float,
+    picture_inputs,
     positive_int,
     prog_name,
     report_errors,
     seed,
+    unit_float,
 )
 
 SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512, "width": 512, "upscale": 1}
@@ -65,18 +67,19 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {dst}")
 
 
-def _load_pipeline(args: argparse.Namespace):
+def _load_pipeline(args: argparse.Namespace, pipeline_class: type | None = None):
     """The pipeline of --weights, or the packaged tiny shapes model when none is given."""
     import torch
 
     from minisd.pipelines import StableDiffusionPipeline
     from minisd.shapes import tiny_model_path
 
+    pipeline_class = pipeline_class or StableDiffusionPipeline
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     weights = args.weights or tiny_model_path()
     if args.weights is None:
         print(f"no --weights: using the tiny shapes model trained in chapter 07 ({weights})")
-    return StableDiffusionPipeline.from_pretrained(weights, config=args.config, dtype=dtype)
+    return pipeline_class.from_pretrained(weights, config=args.config, dtype=dtype)
 
 
 def _load_loras(pipe, specs: list[str]) -> None:
@@ -107,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     image_format = check_image_path(args.output, args.overwrite)  # before any work, not after sampling
     if args.scheduler is not None:
         get_scheduler(args.scheduler)  # an unknown name fails now, listing the known ones
-    pipe = _load_pipeline(args)
+    picture_args, pipeline_class = picture_inputs(args)
+    pipe = _load_pipeline(args, pipeline_class)
     _load_loras(pipe, args.lora)
     for spec in args.embedding or []:
         path, sep, token = spec.rpartition(":")
@@ -127,9 +131,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         negative_prompt=args.negative_prompt,
         num_inference_steps=opts["steps"],
         guidance_scale=opts["guidance"],
-        height=opts["height"],
-        width=opts["width"],
         generator=torch.Generator().manual_seed(args.seed),
+        **(picture_args or {"height": opts["height"], "width": opts["width"]}),
         scheduler=opts["scheduler"],
         long_prompt=args.long_prompt,
     ).images
@@ -293,6 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
     p.add_argument("--height", type=positive_int, help="pixels (SD: 512, tiny model: 32)")
     p.add_argument("--width", type=positive_int, help="pixels (SD: 512, tiny model: 32)")
+    p.add_argument(
+        "--init-image", metavar="IN", help="image-to-image: change this picture (its size is kept)"
+    )
+    p.add_argument(
+        "--strength",
+        type=unit_float,
+        help="with --init-image: how much to redraw, 0 to 1 (default 0.8; --mask: 1)",
+    )
+    p.add_argument(
+        "--mask", metavar="MASK", help="with --init-image: repaint only where this picture is white"
+    )
     p.add_argument(
         "--upscale", type=positive_int, help="enlarge the saved PNG N times, nearest pixel (tiny: 8)"
     )

@@ -6,6 +6,7 @@ import contextlib
 import math
 import sys
 import traceback
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,32 @@ def finite_float(text: str) -> float:
     return value
 
 
+def unit_float(text: str) -> float:
+    """argparse type: a number from 0 to 1 (image-to-image's strength)."""
+    from argparse import ArgumentTypeError
+
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def read_picture(path: str | Path, option: str):
+    """The picture at `path` (a PIL image, loaded now), or a UserError naming the option."""
+    from PIL import Image, UnidentifiedImageError
+
+    from minisd.errors import UserError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise UserError(f"{option} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{option} {path}: not a picture PIL can read ({e})") from None
+
+
 def seed(text: str) -> int:
     """argparse type: a seed torch accepts, 0 to 2**64 - 1."""
     from argparse import ArgumentTypeError
@@ -81,6 +108,28 @@ def check_image_path(path: str | Path, overwrite: bool = True) -> str:
         )
     check_destination(path, overwrite)
     return image_format
+
+
+def picture_inputs(args: Namespace) -> tuple[dict, type | None]:
+    """--init-image, --strength and --mask, checked and read before any model loads: (the call's picture
+    arguments, the pipeline class) or ({}, None) for text-to-image."""
+    from minisd.errors import UserError
+    from minisd.pipelines import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    if args.init_image is None:
+        if args.strength is not None or args.mask is not None:
+            raise UserError("--strength and --mask need --init-image IN (the picture to change)")
+        return {}, None
+    if args.height is not None or args.width is not None:
+        raise UserError(
+            "with --init-image the picture's size is the output's: resize it instead of --height/--width"
+        )
+    kwargs = {"image": read_picture(args.init_image, "--init-image")}
+    if args.strength is not None:
+        kwargs["strength"] = args.strength
+    if args.mask is None:
+        return kwargs, StableDiffusionImg2ImgPipeline
+    return {**kwargs, "mask_image": read_picture(args.mask, "--mask")}, StableDiffusionInpaintPipeline
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from minisd.loading.single_file import (
     load_checkpoint,
     original_to_diffusers,
     save_checkpoint,
+    unet_config_for,
 )
 from minisd.loading.state_dict import find_weights, load_safetensors
 from minisd.models.tokenizer import CLIPTokenizer
@@ -63,10 +64,9 @@ def single_file_to_folder(
     path, folder = Path(path), Path(folder)
     check_destination(folder, overwrite, is_folder=True)
     src = Path(config) if config is not None else CONFIG_DIR
-    configs = read_configs(src)
-    parts = original_to_diffusers(
-        load_checkpoint(path), configs["unet"], configs["vae"], use_ema, name=str(path)
-    )
+    configs, state = read_configs(src), load_checkpoint(path)
+    configs["unet"] = unet_config_for(state, configs["unet"])  # an inpainting file reads 9 channels
+    parts = original_to_diffusers(state, configs["unet"], configs["vae"], use_ema, name=str(path))
     tokenizer = CLIPTokenizer.from_pretrained(
         src / "tokenizer" if (src / "tokenizer" / "vocab.json").is_file() else None
     )

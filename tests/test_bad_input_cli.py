@@ -69,6 +69,10 @@ EARLY = [
     (["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     (["--scheduler", "bogus"], "unknown scheduler 'bogus'; known: .*ddim"),
     (["--upscale", "0"], "argument --upscale: must be at least 1"),
+    (["--strength", "1.5"], "argument --strength: must be between 0 and 1"),
+    (["--strength", "0.5"], "--strength and --mask need --init-image"),
+    (["--mask", "m.png"], "--strength and --mask need --init-image"),
+    (["--init-image", "{tmp}/missing.png"], "--init-image .*missing.png: no such file"),
 ]
 
 
@@ -76,6 +80,21 @@ EARLY = [
 def test_generate_refuses_before_loading(tmp_path, capsys, no_loading, args, words):
     fails(["generate", PROMPT, *[a.format(tmp=tmp_path) for a in args]], capsys, words)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_picture_inputs_refused_before_loading(tmp_path, capsys, no_loading):
+    from PIL import Image
+
+    picture, text = tmp_path / "in.png", tmp_path / "notes.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    text.write_text("not a picture")
+    out = str(tmp_path / "o.png")
+    fails(["generate", PROMPT, "-o", out, "--init-image", str(text)], capsys, "not a picture PIL can read")
+    fails(["generate", PROMPT, "-o", out, "--init-image", str(picture), "--height", "32"], capsys,
+          "resize it instead of --height/--width")  # fmt: skip
+    fails(["generate", PROMPT, "-o", out, "--init-image", str(picture), "--mask", str(text)], capsys,
+          "--mask .*notes.png: not a picture")  # fmt: skip
+    assert not Path(out).exists()
 
 
 @pytest.mark.parametrize(

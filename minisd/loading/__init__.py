@@ -23,6 +23,7 @@ from minisd.loading.single_file import (
     load_checkpoint,
     original_to_diffusers,
     save_checkpoint,
+    unet_config_for,
 )
 from minisd.loading.state_dict import CheckpointError, find_weights, load_into, load_safetensors, read_config
 
@@ -48,6 +49,7 @@ __all__ = [
     "sd15_config",
     "text_encoder_keys",
     "unet_blocks",
+    "unet_config_for",
     "unet_from_original",
     "unet_to_original",
     "vae_blocks",

@@ -84,6 +84,13 @@ def check_sd1(state_dict: dict, name: str) -> None:
         raise CheckpointError(f"{name} has a UNet but no {' or '.join(p + '*' for p in missing)} weights.")
 
 
+def unet_config_for(state_dict: dict, unet_config: dict) -> dict:
+    """`unet_config` with the input channels of the checkpoint's first convolution: 9 for an inpainting
+    model (latents, mask, masked-picture latents), 4 for text-to-image."""
+    first = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")  # [320, in_channels, 3, 3]
+    return unet_config if first is None else {**unet_config, "in_channels": int(first.shape[1])}
+
+
 def original_to_diffusers(
     state_dict: dict,
     unet_config: dict,

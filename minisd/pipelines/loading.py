@@ -14,7 +14,7 @@ from minisd.device import get_device
 from minisd.errors import UserError
 from minisd.loading.assets import hub_download
 from minisd.loading.configs import CONFIG_DIR, read_configs
-from minisd.loading.single_file import load_checkpoint, original_to_diffusers
+from minisd.loading.single_file import load_checkpoint, original_to_diffusers, unet_config_for
 from minisd.loading.state_dict import empty_weights, load_into, read_config, read_json
 from minisd.models.clip import CLIPTextModel
 from minisd.models.modeling_utils import _one_dtype
@@ -85,9 +85,10 @@ def load_pipeline_parts(
             for n, c in MODELS.items()
         }
     else:
-        parts = original_to_diffusers(
-            load_checkpoint(path), configs["unet"], configs["vae"], use_ema, name=str(path)
-        )
+        state = load_checkpoint(path)
+        configs["unet"] = unet_config_for(state, configs["unet"])  # an inpainting file reads 9 channels
+        parts = original_to_diffusers(state, configs["unet"], configs["vae"], use_ema, name=str(path))
+        del state
         models = {}
         for name, model_cls in MODELS.items():
             with empty_weights():

@@ -14,7 +14,6 @@ image size from the UNet's `sample_size`, the scheduler from the folder) and its
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from minisd.loading.textual_inversion import TextualInversionLoaderMixin
 from minisd.models.clip import CLIPTextModel
@@ -34,7 +32,8 @@ from minisd.pipelines.image_processing import to_pil
 from minisd.pipelines.loading import load_pipeline_parts
 from minisd.pipelines.long_prompt import encode_long_prompt
 from minisd.pipelines.lora_mixin import StableDiffusionLoraLoaderMixin, apply_lora_scale
-from minisd.pipelines.validation import MAX_PIXELS, MAX_STEPS, check_call, check_images, check_latents
+from minisd.pipelines.sampling import TextConditioning, denoise
+from minisd.pipelines.validation import MAX_PIXELS, MAX_STEPS, check_call, check_images
 from minisd.schedulers import SchedulerMixin, get_scheduler, randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -48,12 +47,6 @@ class StableDiffusionPipelineOutput(NamedTuple):
     nsfw_content_detected: list[bool] | None
 
 
-def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """CFG (Ho & Salimans 2022): start from the unconditional prediction and move `scale` times
-    the step towards the text-conditioned one; scale 1 is the conditional prediction alone."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
-
-
 def _negative_prompts(negative_prompt: str | list[str] | None, b: int) -> list[str]:
     """One negative prompt per prompt: "" by default, a single one repeated, or a list of b."""
     negative = [""] * b if negative_prompt is None else negative_prompt
@@ -61,11 +54,6 @@ def _negative_prompts(negative_prompt: str | list[str] | None, b: int) -> list[s
     if len(negative) != b:
         raise ValueError(f"{len(negative)} negative prompts for {b} prompts: give one, or one per prompt")
     return negative
-
-
-def _step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None) -> dict:
-    """The generator for samplers whose step draws noise (their step signature has one), as diffusers."""
-    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin):
@@ -223,7 +211,7 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
         CPU generator, so seeds reproduce across devices and dtypes), or the given ones, checked."""
         shape = (
             batch_size,
-            self.unet.config.get("in_channels", 4),
+            self.vae.config["latent_channels"],  # 4, also for an inpainting UNet that reads 9
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
@@ -292,14 +280,45 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
                 callback_on_step_end_tensor_inputs=(callback_on_step_end_tensor_inputs, ("latents",)),
             ),
         )
-        height, width, num_inference_steps, num_images_per_prompt, generator = check_call(
+        settings = check_call(
             self, prompt, negative_prompt, prompt_embeds, height, width, num_inference_steps, guidance_scale,
             num_images_per_prompt, generator, latents, output_type, OUTPUT_TYPES,
         )  # fmt: skip
+        text = self.prepare_text(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale, clip_skip,
+            settings.num_images_per_prompt, long_prompt,
+        )  # fmt: skip
+        scheduler = self.resolve_scheduler(scheduler)
+        scheduler.set_timesteps(settings.num_inference_steps, device=self.device)  # before init_noise_sigma
+        height, width, generator = settings.height, settings.width, settings.generator
+        latents = self.prepare_latents(text.batch, height, width, generator, latents)
+        latents = denoise(
+            self, latents * scheduler.init_noise_sigma, scheduler.timesteps, scheduler, text, guidance_scale,
+            generator, callback_on_step_end, callback, progress,
+        )  # fmt: skip
+        images = self.postprocess(latents, output_type)
+        return StableDiffusionPipelineOutput(images, None) if return_dict else (images, None)
+
+    def resolve_scheduler(self, scheduler: str | SchedulerMixin | None) -> SchedulerMixin:
+        """The scheduler of one call: the pipeline's (None), one built by name from the model's
+        scheduler config ("ddim", "euler_a", ...), or the given object."""
         if scheduler is None:
-            scheduler = self.scheduler
-        elif isinstance(scheduler, str):
-            scheduler = get_scheduler(scheduler, self.scheduler_config)
+            return self.scheduler
+        return get_scheduler(scheduler, self.scheduler_config) if isinstance(scheduler, str) else scheduler
+
+    def prepare_text(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        guidance_scale: float,
+        clip_skip: int | None,
+        num_images_per_prompt: int,
+        long_prompt: bool,
+    ) -> TextConditioning:
+        """The UNet's text input for a call: embeddings [negatives; prompts] repeated per image, and the
+        padding mask when the model hides padding (see `__call__` for `long_prompt`)."""
         do_cfg = guidance_scale > 1.0
         embeds = (prompt_embeds, negative_prompt_embeds)
         if long_prompt:
@@ -315,27 +334,7 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
         context = context.repeat_interleave(num_images_per_prompt, dim=0)  # [u0, u0, u1, u1, c0, c0, ...]
         if mask is not None:
             mask = mask.repeat_interleave(num_images_per_prompt, dim=0)  # [2B, 77], ordered as context
-        batch = cond.shape[0] * num_images_per_prompt
-
-        scheduler.set_timesteps(
-            num_inference_steps, device=self.device
-        )  # before init_noise_sigma (sigma samplers)
-        latents = self.prepare_latents(batch, height, width, generator, latents) * scheduler.init_noise_sigma
-        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="denoising")):
-            x = torch.cat([latents] * 2) if do_cfg else latents
-            x = scheduler.scale_model_input(x, t)
-            eps = self.predict_noise(x, t, context, mask, i, len(scheduler.timesteps))
-            if do_cfg:
-                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # [B, 4, h, w]
-            latents = scheduler.step(eps, t, latents, **_step_kwargs(scheduler, generator)).prev_sample
-            check_latents(latents, i, t, len(scheduler.timesteps), self.dtype)
-            if callback_on_step_end is not None:
-                latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
-            if callback is not None:
-                callback(i, t, latents)
-
-        images = latents if output_type == "latent" else self.postprocess(latents, output_type)
-        return StableDiffusionPipelineOutput(images, None) if return_dict else (images, None)
+        return TextConditioning(context, mask, cond.shape[0] * num_images_per_prompt)
 
     def predict_noise(
         self,
@@ -353,7 +352,9 @@ class StableDiffusionPipeline(StableDiffusionLoraLoaderMixin, TextualInversionLo
         ).sample
 
     def postprocess(self, latents: torch.Tensor, output_type: str) -> list | np.ndarray | torch.Tensor:
-        """Decode latents into images of `output_type` ("pt", "np" or "pil")."""
+        """Decode latents into images of `output_type` ("pt", "np" or "pil"); "latent" keeps them."""
+        if output_type == "latent":
+            return latents
         images = self.decode_latents(latents)  # [B, 3, H, W] in [0, 1]
         if output_type == "pt":
             return images
