@@ -21,6 +21,8 @@ from minisd.book.checks.core import (
 )
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
+from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
+from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 
 __all__ = [
     "attention_head",
@@ -31,6 +33,9 @@ __all__ = [
     "ddim_step",
     "diagonal_gaussian_kl",
     "diagonal_gaussian_sample",
+    "dpm_solver_2m_step",
+    "euler_step",
+    "first_cut_word",
     "geglu",
     "input_block_index",
     "lora_conv",
@@ -42,4 +47,5 @@ __all__ = [
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "token_decoder",
 ]
