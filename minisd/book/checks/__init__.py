@@ -8,7 +8,6 @@ from minisd.book.checks.compare import compare_cases
 from minisd.book.checks.core import (
     attention_head,
     bpe_merge,
-    byte_encoder,
     classifier_free_guidance,
     ddim_step,
     diagonal_gaussian_kl,
@@ -16,7 +15,6 @@ from minisd.book.checks.core import (
     geglu,
     input_block_index,
     noise_prediction_loss,
-    pad_and_truncate,
     scaled_dot_product_attention,
 )
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
@@ -27,7 +25,6 @@ from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 __all__ = [
     "attention_head",
     "bpe_merge",
-    "byte_encoder",
     "classifier_free_guidance",
     "compare_cases",
     "ddim_step",
@@ -43,7 +40,6 @@ __all__ = [
     "lora_param_count",
     "mean_rescale",
     "noise_prediction_loss",
-    "pad_and_truncate",
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
