@@ -174,3 +174,17 @@ def test_sync_keeps_the_cells_imports(tmp_path):
     [(_, module, source)] = marked_cells(nb_path)
     assert source.splitlines()[:3] == ["# minisd: minisd/m.py", "import math", ""]
     assert cell_differences(module, source, tmp_path) == []
+
+
+def test_source_excerpt_shows_the_marked_lines_and_fails_loudly_when_they_are_gone():
+    from minisd.book.viz import source_excerpt
+    from minisd.schedulers import PNDMScheduler
+
+    excerpt = source_excerpt(PNDMScheduler._get_prev_sample, "denominator = ", "return ")
+    header, *body = excerpt.splitlines()
+    assert header.startswith("# minisd/schedulers/pndm.py, lines ") and header.endswith("._get_prev_sample)")
+    assert body[0].startswith("denominator = ") and body[-1].startswith("return ")  # dedented
+    first, last = (int(n) for n in header.split("lines ")[1].split(" ")[0].split("-"))
+    assert last - first + 1 == len(body)
+    with pytest.raises(ValueError, match="update the excerpt"):
+        source_excerpt(PNDMScheduler._get_prev_sample, "a line that is not there", "return ")
