@@ -25,7 +25,6 @@ from minisd.models.tokenizer import (
     bpe,
     bytes_to_unicode,
     clean_text,
-    pad_or_truncate,
 )
 
 ASTRONAUT_IDS = [49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407]  # DESIGN.md
@@ -322,12 +321,6 @@ def test_not_a_clip_vocabulary(tmp_path):
 # ---------------------------------------------------------------------------- exercise checkers
 
 
-def test_byte_encoder_checker():
-    assert checks.byte_encoder(bytes_to_unicode)
-    assert not checks.byte_encoder(lambda: {b: chr(b) for b in range(256)})
-    assert not checks.byte_encoder(lambda: {b: chr(256 + b) for b in range(256)})
-
-
 def test_bpe_merge_checker(tok):
     def first_pair_found(word, ranks):  # merges in reading order instead of rank order
         symbols = [*word[:-1], word[-1] + "</w>"]
@@ -347,9 +340,3 @@ def test_bpe_merge_checker(tok):
     assert checks.bpe_merge(bpe, tok)
     assert not checks.bpe_merge(first_pair_found, tok)
     assert not checks.bpe_merge(no_end_of_word, tok)
-
-
-def test_pad_and_truncate_checker():
-    assert checks.pad_and_truncate(pad_or_truncate)
-    assert not checks.pad_and_truncate(lambda ids, n: (ids + [49407] * n)[:n])  # loses EOT
-    assert not checks.pad_and_truncate(lambda ids, n: (ids + [0] * n)[: n - 1] + [49407])  # pads with 0

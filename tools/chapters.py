@@ -124,6 +124,55 @@ def hygiene_problems(nb_path: Path, max_bytes: int = 3_000_000) -> list[str]:
     return problems
 
 
+BEHAVIOUR = re.compile(r"^# behaviour: \S")
+RANDOM_WEIGHTS = re.compile(r"random weights", re.IGNORECASE)
+WARNING = re.compile(r"\b(Future|User|Deprecation|Runtime)Warning\b")
+PROGRESS_BAR = re.compile(r"\d(it/s|s/it)\]|\d%\|")
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _text(out: dict) -> str:
+    data = out.get("data", {})
+    return (
+        "".join(out.get("text", ""))
+        + "".join(data.get("text/plain", ""))
+        + "".join(data.get("text/html", ""))
+    )
+
+
+def output_problems(nb: dict) -> list[str]:
+    """What a reader must not see in committed outputs.
+
+    - tracebacks (error outputs, or a traceback printed as text);
+    - warnings: anything on stderr (Python warnings, a library's logged warnings, progress bars)
+      and a FutureWarning / UserWarning / DeprecationWarning / RuntimeWarning in any output;
+    - progress widgets (ipywidgets, tqdm.notebook) and tqdm bars (`12.3it/s]`, ` 40%|`);
+    - in a *behaviour cell*, output of random weights. A behaviour cell shows what a model does
+      (what guidance changes, where attention looks) and must come from a trained model; its first
+      line says so: `# behaviour: <what the figure shows>`. Code that runs on random weights says
+      so in its output (the words "random weights", e.g. `minisd.book.env.RANDOM_WEIGHTS`), so those
+      words in a behaviour cell's output mean a picture of noise presented as behaviour.
+    """
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        behaviour = bool(BEHAVIOUR.match("".join(cell["source"])))
+        for out in cell.get("outputs", []):
+            text = _text(out)
+            if out.get("output_type") == "error" or "Traceback (most recent call last)" in text:
+                problems.append(f"cell {i}: a traceback ({out.get('ename', 'printed')})")
+            if WIDGET in out.get("data", {}) or PROGRESS_BAR.search(text):
+                problems.append(f"cell {i}: a progress bar or widget")
+            if warning := WARNING.search(text):
+                problems.append(f"cell {i}: a {warning.group(0)}")
+            elif out.get("name") == "stderr" and not PROGRESS_BAR.search(text):
+                problems.append(f"cell {i}: stderr output {text.strip()[:60]!r}")
+            if behaviour and RANDOM_WEIGHTS.search(text):
+                problems.append(f"cell {i}: a behaviour cell shows random weights")
+    return problems
+
+
 def main() -> None:
     import argparse
 

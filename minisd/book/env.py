@@ -9,6 +9,9 @@ import torch
 
 from minisd.device import get_device
 
+# what a cell on random weights prints; `tools.chapters.output_problems` looks for it in behaviour cells
+RANDOM_WEIGHTS = "RANDOM weights (set MINISD_SD15 for the real ones)"
+
 
 def is_fast() -> bool:
     """True when MINISD_FAST=1: chapters take fewer steps and train smaller models (used by CI)."""

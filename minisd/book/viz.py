@@ -68,3 +68,26 @@ def show_jpeg(image: Image.Image, quality: int = 85, max_side: int = 768):
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     display(IPythonImage(data=buffer.getvalue(), format="jpeg"))
+
+
+def source_excerpt(obj, first: str, last: str) -> str:
+    """The lines of `obj`'s source from the first one containing `first` through the next one containing
+    `last`, dedented, under a comment naming the file and line numbers; a ValueError if either is gone."""
+    import inspect
+    import textwrap
+
+    lines, start = inspect.getsourcelines(obj)
+    begin = next((i for i, line in enumerate(lines) if first in line), None)
+    end = next((i for i in range(begin or 0, len(lines)) if last in lines[i]), None)
+    if begin is None or end is None:
+        raise ValueError(f"{obj.__qualname__} has no lines from {first!r} to {last!r}: update the excerpt")
+    path = inspect.getsourcefile(obj).replace("\\", "/").rsplit("/minisd/", 1)[-1]
+    header = f"# minisd/{path}, lines {start + begin}-{start + end} ({obj.__qualname__})\n"
+    return header + textwrap.dedent("".join(lines[begin : end + 1]))
+
+
+def show_source_excerpt(obj, first: str, last: str) -> None:
+    """Display `source_excerpt(obj, first, last)` syntax-highlighted in a notebook."""
+    from IPython.display import Code, display
+
+    display(Code(source_excerpt(obj, first, last), language="python"))

@@ -8,7 +8,6 @@ from minisd.book.checks.compare import compare_cases
 from minisd.book.checks.core import (
     attention_head,
     bpe_merge,
-    byte_encoder,
     classifier_free_guidance,
     ddim_step,
     diagonal_gaussian_kl,
@@ -16,21 +15,24 @@ from minisd.book.checks.core import (
     geglu,
     input_block_index,
     noise_prediction_loss,
-    pad_and_truncate,
     scaled_dot_product_attention,
 )
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
+from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
+from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 
 __all__ = [
     "attention_head",
     "bpe_merge",
-    "byte_encoder",
     "classifier_free_guidance",
     "compare_cases",
     "ddim_step",
     "diagonal_gaussian_kl",
     "diagonal_gaussian_sample",
+    "dpm_solver_2m_step",
+    "euler_step",
+    "first_cut_word",
     "geglu",
     "input_block_index",
     "lora_conv",
@@ -38,8 +40,8 @@ __all__ = [
     "lora_param_count",
     "mean_rescale",
     "noise_prediction_loss",
-    "pad_and_truncate",
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "token_decoder",
 ]

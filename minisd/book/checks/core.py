@@ -11,28 +11,6 @@ from minisd.book.checks.compare import compare_cases
 # Chapter 01: the BPE tokenizer ------------------------------------------------------------------
 
 
-def byte_encoder(candidate: Callable[[], dict[int, str]]) -> bool:
-    """Check a `bytes_to_unicode()` against the package: same stand-in for each of the 256 bytes."""
-    from minisd.models.tokenizer import bytes_to_unicode
-
-    def as_text(fn: Callable[[], dict[int, str]], lo: int, hi: int) -> str:
-        table = fn()
-        return "".join(table[b] for b in range(lo, hi + 1))
-
-    cases = [
-        ("printable ASCII 33-126", (33, 126)),
-        ("printable Latin-1 161-255", (161, 255)),
-        ("control bytes and space 0-32", (0, 32)),
-        ("DEL, C1 controls, NBSP 127-160", (127, 160)),
-    ]
-    return compare_cases(
-        "byte_encoder",
-        lambda lo, hi: as_text(candidate, lo, hi),
-        lambda lo, hi: as_text(bytes_to_unicode, lo, hi),
-        cases,
-    )
-
-
 def bpe_merge(candidate: Callable[[str, dict], list[str]], tokenizer=None) -> bool:
     """Check a `bpe(word, ranks) -> symbols` on a toy merge table and on CLIP's 48,894 merges."""
     from minisd.models.tokenizer import CLIPTokenizer, bpe, byte_encode
@@ -43,23 +21,6 @@ def bpe_merge(candidate: Callable[[str, dict], list[str]], tokenizer=None) -> bo
     words = ["a", "astronaut", "horse", "masterpiece", "8", "!!!", "unbelievably", "café", "東京", "🐱🚀"]
     cases += [(f"CLIP merges: {w!r}", (byte_encode(w), ranks)) for w in words]
     return compare_cases("bpe_merge", candidate, bpe, cases)
-
-
-def pad_and_truncate(candidate: Callable[[list[int], int], list[int]]) -> bool:
-    """Check a `fit(ids, length)` that pads `[SOT, ..., EOT]` with 49407 or cuts it keeping EOT last."""
-    from minisd.models.tokenizer import pad_or_truncate
-
-    def body(n: int) -> list[int]:
-        return [49406, *range(1000, 1000 + n), 49407]
-
-    cases = [
-        ("empty prompt, length 8", (body(0), 8)),
-        ("3 tokens, length 8", (body(3), 8)),
-        ("exactly fits, length 8", (body(6), 8)),
-        ("one too many, length 8", (body(7), 8)),
-        ("30 tokens, length 12", (body(30), 12)),
-    ]
-    return compare_cases("pad_and_truncate", candidate, lambda ids, n: pad_or_truncate(ids, n), cases)
 
 
 def ddim_step(candidate: Callable) -> bool:
