@@ -20,12 +20,15 @@ from minisd.book.checks.core import (
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
+from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 
 __all__ = [
     "attention_head",
     "bpe_merge",
+    "changed_outputs",
     "classifier_free_guidance",
+    "clip_skip_state",
     "compare_cases",
     "ddim_step",
     "diagonal_gaussian_kl",
@@ -43,5 +46,6 @@ __all__ = [
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "text_encoder_params",
     "token_decoder",
 ]
