@@ -35,8 +35,6 @@ def test_committed_notebook_is_clean(path):
 
 
 STILL_UNCLEAN = {
-    "02_clip_text_encoder": "cell 20: a progress widget (saving model shards); behaviour cell 13 (attention "
-    "heads) runs on random weights and is not yet marked",
     "06_stable_diffusion_v15": "cell 30: diffusers' float32 log warnings on stderr; the denoising strip, CFG "
     "sweep, negative-prompt and sampler figures run on random weights and are not yet marked as behaviour",
 }
