@@ -71,19 +71,34 @@ def _trained_encoder():
     )
 
 
+def _moved(mask: torch.Tensor) -> str:
+    """A [77] bool tensor as the positions it marks, e.g. "2..76" or "none"."""
+    if not isinstance(mask, torch.Tensor) or mask.shape != (77,):
+        raise ValueError(f"expected a [77] bool tensor, got {getattr(mask, 'shape', type(mask).__name__)}")
+    where = mask.bool().nonzero().flatten().tolist()
+    if not where:
+        return "none"
+    runs, start = [], where[0]
+    for prev, cur in zip(where, where[1:] + [None], strict=True):
+        if cur != prev + 1:
+            runs.append(f"{start}..{prev}" if prev > start else f"{start}")
+            start = cur
+    return ", ".join(runs)
+
+
 def changed_outputs(candidate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Check `candidate(ids_a, ids_b) -> bool [77]`: True at each position whose output vector differs
     between the two prompts, predicted from the ids alone; the reference runs the tiny model's trained
-    text encoder on both and compares its 77 output vectors."""
+    text encoder on both and compares its 77 output vectors. Reports the positions that move."""
     encoder, tok = _trained_encoder()
 
-    def reference(ids_a: torch.Tensor, ids_b: torch.Tensor) -> torch.Tensor:
+    def reference(ids_a: torch.Tensor, ids_b: torch.Tensor) -> str:
         with torch.no_grad():
             out = encoder(torch.stack([ids_a, ids_b]))[0]  # [2, 77, 64]
-        return (out[0] - out[1]).abs().amax(dim=-1) > 1e-5  # [77]
+        return _moved((out[0] - out[1]).abs().amax(dim=-1) > 1e-5)  # [77] -> "2..76"
 
     cases = [(label, (tok(a)[0], tok(b)[0])) for label, a, b in CAPTIONS]
-    return compare_cases("changed_outputs", candidate, reference, cases)
+    return compare_cases("changed_outputs", lambda a, b: _moved(candidate(a, b)), reference, cases)
 
 
 def clip_skip_state(candidate: Callable) -> bool:
