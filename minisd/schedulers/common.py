@@ -67,7 +67,7 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
 
     In these units x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps.
     """
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
 
 
 def spaced_timesteps(

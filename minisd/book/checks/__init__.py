@@ -6,7 +6,6 @@ One module per part of the book; every checker is reachable as `minisd.book.chec
 
 from minisd.book.checks.compare import compare_cases
 from minisd.book.checks.core import (
-    attention_head,
     bpe_merge,
     classifier_free_guidance,
     ddim_step,
@@ -24,7 +23,6 @@ from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, te
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 
 __all__ = [
-    "attention_head",
     "bpe_merge",
     "changed_outputs",
     "classifier_free_guidance",

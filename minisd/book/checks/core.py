@@ -92,38 +92,6 @@ def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
     return compare_cases("input_block_index", candidate, reference, cases)
 
 
-# Chapter 02: the CLIP text encoder ----------------------------------------------------------------
-
-
-def attention_head(candidate: Callable) -> bool:
-    """Check `candidate(x, w_q, w_k, w_v, mask) -> [N, d]`, one causal attention head by hand.
-
-    x: [N, D] token vectors; w_q, w_k, w_v: [D, d] one head's projections; mask: [N, N] bool, True
-    where token i may look at token j (j <= i). Compared with `minisd.models.attention.multi_head_attention`
-    (one head, causal) on CLIP's sizes and on edge cases.
-    """
-    from minisd.models.attention import multi_head_attention
-
-    def reference(x, w_q, w_k, w_v, mask):
-        q, k, v = ((x @ w)[None] for w in (w_q, w_k, w_v))  # [1, N, d]
-        return multi_head_attention(q, k, v, heads=1, causal=True)[0]  # [N, d]
-
-    gen = torch.Generator().manual_seed(0)
-
-    def case(n: int, dim: int, d: int, scale: float = 1.0) -> tuple:
-        x = torch.randn(n, dim, generator=gen) * scale
-        w_q, w_k, w_v = (torch.randn(dim, d, generator=gen) / dim**0.5 for _ in range(3))
-        return x, w_q, w_k, w_v, torch.ones(n, n, dtype=torch.bool).tril()
-
-    cases = [
-        ("5 tokens, D=16, d=8", case(5, 16, 8)),
-        ("CLIP sizes: 77 tokens, D=768, d=64", case(77, 768, 64)),
-        ("one token", case(1, 16, 8)),
-        ("large activations (scale matters)", case(12, 32, 16, scale=4.0)),
-    ]
-    return compare_cases("attention_head", candidate, reference, cases, atol=1e-4)
-
-
 # Chapter 05: the KL autoencoder -----------------------------------------------------------------
 
 
