@@ -19,11 +19,13 @@ from minisd.book.checks.core import (
     pad_and_truncate,
     scaled_dot_product_attention,
 )
+from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 
 __all__ = [
     "attention_head",
+    "blend_known",
     "bpe_merge",
     "byte_encoder",
     "classifier_free_guidance",
@@ -33,6 +35,7 @@ __all__ = [
     "diagonal_gaussian_sample",
     "geglu",
     "input_block_index",
+    "latent_mask",
     "lora_conv",
     "lora_linear",
     "lora_param_count",
@@ -42,4 +45,5 @@ __all__ = [
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "strength_steps",
 ]
