@@ -1,6 +1,7 @@
 """The tiny inpainting recipe (minisd.training.inpainting): the zero-initialised 9-channel UNet equals the
 base model at step 0, the synthetic masks, and a short resumable run that loads as an inpainting model."""
 
+import pytest
 import torch
 
 from minisd.models import UNet2DConditionModel
@@ -43,3 +44,22 @@ def test_short_run_resumes_and_loads(tmp_path):
     picture, mask = torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
     out = pipe("a red circle", image=picture, mask_image=mask, num_inference_steps=2, output_type="np").images
     assert out.shape == (1, 32, 32, 3)
+
+
+def test_tiny_model_bad_input():
+    """The tiny model's size step (16 pixels) and a 9-channel UNet outside the inpainting pipeline."""
+    from minisd.errors import UserError
+    from minisd.pipelines import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from minisd.shapes import tiny_model_path
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_path(), device="cpu")
+    with pytest.raises(UserError, match="multiples of 16 .*resize or crop it to 32x32"):
+        pipe("a red circle", image=torch.zeros(3, 40, 40), mask_image=torch.zeros(1, 40, 40))
+    unet = inpainting_unet(pipe.unet)
+    for cls, kwargs in (
+        (StableDiffusionPipeline, {}),
+        (StableDiffusionImg2ImgPipeline, {"image": torch.zeros(3, 32, 32)}),
+    ):
+        other = cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, unet, pipe.scheduler)
+        with pytest.raises(UserError, match="reads 9 input channels.*StableDiffusionInpaintPipeline"):
+            other("a red circle", num_inference_steps=2, **kwargs)
