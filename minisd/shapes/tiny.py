@@ -23,9 +23,9 @@ def tiny_model_path() -> Path:
 
 
 def tiny_inpaint_unet_path() -> Path:
-    """The packaged 9-channel inpainting UNet of the tiny model: load the base model's pipeline and
-    replace its unet with `UNet2DConditionModel.from_pretrained(tiny_inpaint_unet_path(), dtype=torch.float32)`
-    (the file holds fp16)."""
+    """The packaged 9-channel inpainting UNet of the tiny model (fp16 on disk): load the base model's
+    pipeline and replace its unet with
+    `UNet2DConditionModel.from_pretrained(tiny_inpaint_unet_path(), dtype=torch.float32)`."""
     if not (TINY_INPAINT_UNET / "config.json").is_file():
         raise FileNotFoundError(
             f"the packaged tiny inpainting UNet is missing from {TINY_INPAINT_UNET}; train it again with "
