@@ -70,5 +70,5 @@ def test_inpainting_blend_and_nine_channel_bars(inpaint_pipes):
     )
     assert nine["object"] >= 0.8 and nine["psnr"] >= 27
     assert blend["object"] >= 0.75 and blend["psnr"] >= 30
-    completed = editing.evaluate_inpainting(nine, "complete", num_tasks=16, num_inference_steps=10)
+    completed = editing.evaluate_inpainting(inpaint_pipes[1], "complete", 16, num_inference_steps=10)
     assert completed["object"] >= 0.75
