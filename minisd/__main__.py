@@ -245,16 +245,10 @@ def cmd_train_lora(args: argparse.Namespace) -> None:
 
 
 def cmd_train_inpainting(args: argparse.Namespace) -> None:
-    from minisd.loading.files import check_destination
     from minisd.training.inpainting import train_inpainting
 
-    folder = Path(args.output)
-    check_destination(folder, overwrite=True, is_folder=True)  # before training, not after
-    log = train_inpainting(
-        folder, steps=args.steps, base=args.weights, checkpoint_dir=args.checkpoint_dir, device=args.device
-    )
-    print(f"wrote {folder} in {log['seconds']:.0f} s: final loss {log['final_loss']:.4f}")
-    print(f"try it: python -m minisd generate PROMPT --weights {folder} --init-image IN --mask MASK")
+    log = train_inpainting(args.output, args.steps, checkpoint_dir=args.checkpoint_dir)
+    print(f"wrote {args.output} in {log['seconds']:.0f} s, final loss {log['final_loss']:.4f}")
 
 
 def weights_options(p: argparse.ArgumentParser) -> None:
@@ -386,14 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.add_argument("--no-evaluate", action="store_true", help="skip the before/after adherence measurements")
     p.set_defaults(func=cmd_train_lora)
-    p = add(
-        "train-inpainting", help="fine-tune the tiny model into a 9-channel inpainting model (chapter 10)"
-    )
+    p = add("train-inpainting", help="fine-tune the tiny model for inpainting: 9 input channels (chapter 10)")
     p.add_argument("output", help="the model folder to write (diffusers layout)")
     p.add_argument("--steps", type=positive_int, default=600, help="training steps")
-    p.add_argument("--weights", help="the base model folder (default: the packaged tiny model)")
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.set_defaults(func=cmd_train_inpainting)
     return parser
 

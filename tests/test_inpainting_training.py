@@ -63,3 +63,11 @@ def test_tiny_model_bad_input():
         other = cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, unet, pipe.scheduler)
         with pytest.raises(UserError, match="reads 9 input channels.*StableDiffusionInpaintPipeline"):
             other("a red circle", num_inference_steps=2, **kwargs)
+
+
+def test_cli_refuses_a_destination_before_training(tmp_path, capsys):
+    from minisd.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-inpainting", str(tmp_path / "missing" / "out"), "--steps", "1"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minisd.loading.files import check_destination
 from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
 from minisd.shapes import ShapesDataset, tiny_model_path
 from minisd.training.data import RenderedDataset
@@ -96,6 +97,7 @@ def train_inpainting(
     (diffusers layout, fp16) to `folder` with `training_log.json`. Resumes from `checkpoint_dir`
     (default: one folder per output folder under ~/.cache/minisd/checkpoints). Returns the log."""
     start, folder = time.time(), Path(folder)
+    check_destination(folder, overwrite=True, is_folder=True)  # before training, not after
     base = Path(base) if base is not None else tiny_model_path()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(folder)
     torch.manual_seed(seed)
