@@ -1,5 +1,5 @@
 """Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-lora |
-train-embedding` (or `python -m minisd ...`)."""
+train-embedding | train-inpainting` (or `python -m minisd ...`)."""
 
 from __future__ import annotations
 
@@ -244,6 +244,13 @@ def cmd_train_lora(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_inpainting(args: argparse.Namespace) -> None:
+    from minisd.training.inpainting import train_inpainting
+
+    log = train_inpainting(args.output, args.steps, checkpoint_dir=args.checkpoint_dir)
+    print(f"wrote {args.output} in {log['seconds']:.0f} s, final loss {log['final_loss']:.4f}")
+
+
 def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
@@ -373,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.add_argument("--no-evaluate", action="store_true", help="skip the before/after adherence measurements")
     p.set_defaults(func=cmd_train_lora)
+    p = add("train-inpainting", help="fine-tune the tiny model for inpainting: 9 input channels (chapter 10)")
+    p.add_argument("output", help="the model folder to write (diffusers layout)")
+    p.add_argument("--steps", type=positive_int, default=600, help="training steps")
+    p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
+    p.set_defaults(func=cmd_train_inpainting)
     return parser
 
 

@@ -12,7 +12,7 @@ from tiny_sd import SD15, TINY_UNET, save_diffusers_pipeline
 
 from minisd import convert
 from minisd.errors import UserError
-from minisd.pipelines import StableDiffusionInpaintPipeline
+from minisd.pipelines import StableDiffusionInpaintPipeline, apply_overlay, blur_mask
 
 PROMPT = "a photograph of an astronaut riding a horse"
 SIZE = 64
@@ -157,3 +157,29 @@ def test_full_size_v15_inpainting_random_weights(tmp_path):
     got = run_ours(ours, num_inference_steps=2)
     del ours
     assert max_diff(got, run_ref(load_ref(folder), num_inference_steps=2)) < 2e-3
+
+
+@pytest.mark.parametrize("blur_factor", [None, 3])
+def test_paste_back_matches_diffusers(blur_factor):
+    """apply_overlay (and a blurred mask) as diffusers' VaeImageProcessor does them, within PIL's rounding
+    of premultiplied alpha; the kept region is the input exactly where the mask is 0."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    rng = np.random.default_rng(0)
+    init, new = (Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(2))
+    m = mask()
+    processor = VaeImageProcessor()
+    if blur_factor is not None:
+        ours_mask, m = blur_mask(m, blur_factor), processor.blur(m, blur_factor)
+        assert np.array_equal(np.asarray(ours_mask), np.asarray(m))
+    ours = np.asarray(apply_overlay(m, init, new)).astype(int)
+    ref = np.asarray(processor.apply_overlay(m, init, new)).astype(int)
+    assert np.abs(ours - ref).max() <= 2
+    keep = np.asarray(m) == 0
+    assert np.array_equal(ours[keep], np.asarray(init)[keep])
+    assert np.array_equal(ours[np.asarray(m) == 255], np.asarray(new)[np.asarray(m) == 255])
+
+
+def test_paste_back_refuses_other_sizes():
+    with pytest.raises(UserError, match="mask's size"):
+        apply_overlay(mask(), Image.new("RGB", (32, 32)), Image.new("RGB", (SIZE, SIZE)))

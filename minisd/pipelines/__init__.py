@@ -2,7 +2,13 @@
 image-to-image and inpainting: chapter 10)."""
 
 from minisd.pipelines.controlnet import StableDiffusionControlNetPipeline
-from minisd.pipelines.image_processing import preprocess_image, preprocess_mask, to_pil
+from minisd.pipelines.image_processing import (
+    apply_overlay,
+    blur_mask,
+    preprocess_image,
+    preprocess_mask,
+    to_pil,
+)
 from minisd.pipelines.img2img import StableDiffusionImg2ImgPipeline, strength_timesteps
 from minisd.pipelines.inpaint import StableDiffusionInpaintPipeline
 from minisd.pipelines.long_prompt import encode_long_prompts
@@ -15,6 +21,8 @@ __all__ = [
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionPipeline",
+    "apply_overlay",
+    "blur_mask",
     "classifier_free_guidance",
     "encode_long_prompts",
     "parse_prompt_attention",

@@ -1,5 +1,6 @@
 """Pictures in and out of the pipelines: tensors in [-1, 1] <-> PIL images and numpy arrays, and the
-input pictures and masks of image-to-image and inpainting (chapter 10)."""
+input pictures and masks of image-to-image and inpainting, with the mask blur and paste-back that
+follow an inpainting run (chapter 10)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from minisd.errors import UserError
 
@@ -115,3 +116,32 @@ def preprocess_mask(mask_image: Any) -> torch.Tensor:
         scale = " (values up to 255: divide by 255)" if hi > 1 else ""
         raise UserError(f"mask_image values run from {lo:g} to {hi:g}; give them in [0, 1]{scale}")
     return (m >= 0.5).float()
+
+
+def blur_mask(mask_image: Image.Image, blur_factor: int = 4) -> Image.Image:
+    """A Gaussian blur of radius `blur_factor` pixels (diffusers' `VaeImageProcessor.blur`): a soft mask
+    for `apply_overlay`, so the pasted-back picture fades into the repainted region instead of a hard
+    edge. (The pipelines binarise their mask; blur the one you paste with.)"""
+    if not isinstance(mask_image, Image.Image):
+        mask_image = to_pil(_as_tensor(mask_image, "mask_image").clamp(0, 1).numpy().transpose(0, 2, 3, 1))[0]
+    return mask_image.filter(ImageFilter.GaussianBlur(blur_factor))
+
+
+def apply_overlay(mask: Any, init_image: Any, image: Any) -> Image.Image:
+    """Paste the input picture back outside the mask (diffusers' `VaeImageProcessor.apply_overlay`):
+    out = (1 - m) * init_image + m * image, with m the mask in [0, 1] (1 = repainted), so the kept
+    region is the input itself, not its trip through the autoencoder. All three the same size."""
+    m = _as_tensor(mask.convert("L") if isinstance(mask, Image.Image) else mask, "mask")[0]  # [1, H, W]
+    pictures = []
+    for picture, name in ((init_image, "init_image"), (image, "image")):
+        x = _as_tensor(picture.convert("RGB") if isinstance(picture, Image.Image) else picture, name)[0]
+        if x.shape[0] != 3 or x.shape[1:] != m.shape[1:]:
+            raise UserError(
+                f"{name} is {tuple(x.shape)} (channels, height, width) and the mask {tuple(m.shape)}: give "
+                "RGB pictures of the mask's size"
+            )
+        pictures.append(x)
+    if m.shape[0] != 1:
+        raise UserError(f"the mask has {m.shape[0]} channels: give one (1 = repainted, 0 = keep)")
+    init, new = pictures  # [3, H, W] in [0, 1]
+    return to_pil((1 - m) * init + m * new, value_range=(0.0, 1.0))[0]

@@ -31,6 +31,8 @@ from minisd.schedulers import SchedulerMixin
 class StableDiffusionInpaintPipeline(StableDiffusionImg2ImgPipeline):
     """Inpainting with SD v1.x: `pipe(prompt, image=picture, mask_image=mask).images` (module docstring)."""
 
+    unet_input_channels = (4, 9)  # a text-to-image UNet (blend) or an inpainting one
+
     def check_inputs_of_unet(self, masked_image_latents: torch.Tensor | None) -> int:
         """The UNet's input channels (4 or 9), refusing inputs that the other kind needs."""
         channels = self.unet.config["in_channels"]

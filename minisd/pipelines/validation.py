@@ -134,6 +134,13 @@ def check_call(
     output_types: tuple[str, ...],
 ) -> CallSettings:
     """Check a call's arguments before any work; returns the normalised ones (default size filled in)."""
+    channels = pipe.unet.config["in_channels"]
+    if channels not in getattr(pipe, "unet_input_channels", (4,)):
+        raise UserError(
+            f"this UNet reads {channels} input channels, a text-to-image pipeline gives it 4: an inpainting "
+            "UNet (9) goes in StableDiffusionInpaintPipeline with image and mask_image (command line: "
+            "--init-image and --mask)"
+        )
     if (prompt is None) == (prompt_embeds is None):
         raise UserError("give either prompt (a string or a list of strings) or prompt_embeds, not both")
     for name, tensor in (("latents", latents), ("prompt_embeds", prompt_embeds)):

@@ -23,7 +23,14 @@ from minisd.shapes.scenes import (
     shape_mask,
     unknown_words,
 )
-from minisd.shapes.tiny import TINY_CONFIGS, TINY_MODEL, TINY_SAMPLING, tiny_model_path
+from minisd.shapes.tiny import (
+    TINY_CONFIGS,
+    TINY_INPAINT_UNET,
+    TINY_MODEL,
+    TINY_SAMPLING,
+    tiny_inpaint_unet_path,
+    tiny_model_path,
+)
 
 __all__ = [
     "COLORS",
@@ -36,6 +43,7 @@ __all__ = [
     "SHAPES",
     "VOCABULARY",
     "TINY_CONFIGS",
+    "TINY_INPAINT_UNET",
     "TINY_MODEL",
     "TINY_SAMPLING",
     "Shape",
@@ -52,6 +60,7 @@ __all__ = [
     "score_image",
     "shape_coverage",
     "shape_mask",
+    "tiny_inpaint_unet_path",
     "tiny_model_path",
     "unknown_words",
 ]

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY_MODEL = Path(__file__).parent / "weights" / "tiny_shapes"  # diffusers layout, trained by chapter 07
+# the UNet of its inpainting variant (9 input channels; `python -m minisd train-inpainting`, chapter 10):
+# the other parts are the base model's
+TINY_INPAINT_UNET = Path(__file__).parent / "weights" / "tiny_shapes_inpaint" / "unet"
 
 
 def tiny_model_path() -> Path:
@@ -17,6 +20,18 @@ def tiny_model_path() -> Path:
             "or pass --weights"
         )
     return TINY_MODEL
+
+
+def tiny_inpaint_unet_path() -> Path:
+    """The packaged 9-channel inpainting UNet of the tiny model (fp16 on disk): load the base model's
+    pipeline and replace its unet with
+    `UNet2DConditionModel.from_pretrained(tiny_inpaint_unet_path(), dtype=torch.float32)`."""
+    if not (TINY_INPAINT_UNET / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged tiny inpainting UNet is missing from {TINY_INPAINT_UNET}; train it again with "
+            "`python -m minisd train-inpainting OUT` and copy OUT/unet there"
+        )
+    return TINY_INPAINT_UNET
 
 
 TINY_CONFIGS: dict[str, dict] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def train_text_to_image(
     mask_text_padding: bool = False,
     grounding_weight: float = 0.0,
     ground_relation: bool = False,
+    train_text_encoder: bool = True,
+    extra_channels: Callable[[list[int], torch.Generator], torch.Tensor] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -58,6 +61,10 @@ def train_text_to_image(
     `grounding_loss` on the cross-attention of the colour and shape words (needs a ShapesDataset;
     the maps of the latent grid and, upsampled, of the grid half its side);
     `ground_relation` grounds the relation word(s) too, on the first object.
+    `train_text_encoder` False keeps the text encoder frozen (fine-tuning the UNet alone).
+    `extra_channels(indices, generator)`, when given, returns [B, C, h, w] that are concatenated to
+    the noisy latents of those dataset items (an inpainting UNet's mask and masked-picture latents),
+    drawn with the step's generator after its other draws.
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
     again with the same directory resumes where it stopped.
@@ -68,7 +75,8 @@ def train_text_to_image(
     for model in (unet, text_encoder, vae):
         model.to(device)
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    text_encoder.requires_grad_(train_text_encoder)
+    params = [*unet.parameters(), *(text_encoder.parameters() if train_text_encoder else [])]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -98,8 +106,9 @@ def train_text_to_image(
             )
         ground_tokens, ground_masks = grounding_targets(dataset, tokenizer, side, ground_relation)
     unet.train()
-    text_encoder.train()
-    bar = tqdm(range(state["step"], steps), desc="unet + text encoder", disable=not progress)
+    text_encoder.train(train_text_encoder)
+    desc = "unet + text encoder" if train_text_encoder else "unet"
+    bar = tqdm(range(state["step"], steps), desc=desc, disable=not progress)
     for step in bar:
         idx = batch_indices(len(dataset), batch_size, step)
         captions = [dataset.captions[i] for i in idx]
@@ -111,6 +120,8 @@ def train_text_to_image(
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
         noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
+        if extra_channels is not None:
+            noisy = torch.cat([noisy, extra_channels(idx, gen).to(device)], dim=1)  # [B, 4 + C, 8, 8]
         ids = tokenizer(captions).to(device)  # [B, 77]
         mask = tokenizer.attention_mask(ids) if mask_text_padding else None
         with (

@@ -16,6 +16,7 @@ from minisd.book.checks.core import (
     noise_prediction_loss,
     scaled_dot_product_attention,
 )
+from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
@@ -23,6 +24,7 @@ from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, te
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 
 __all__ = [
+    "blend_known",
     "bpe_merge",
     "changed_outputs",
     "classifier_free_guidance",
@@ -36,6 +38,7 @@ __all__ = [
     "first_cut_word",
     "geglu",
     "input_block_index",
+    "latent_mask",
     "lora_conv",
     "lora_linear",
     "lora_param_count",
@@ -44,6 +47,7 @@ __all__ = [
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "strength_steps",
     "text_encoder_params",
     "token_decoder",
 ]

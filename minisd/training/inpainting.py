@@ -1,0 +1,138 @@
+"""Fine-tuning the tiny model into its 9-channel inpainting variant (chapter 10).
+
+The recipe of the official inpainting checkpoints, scaled down: the text-to-image UNet gets five
+more input channels (the mask at latent size and the latents of the picture with the masked region
+blanked), zero-initialised so that step 0 computes exactly what the base model computes, and is
+trained on the noise-prediction loss with synthetic masks: random rectangles, random thick strokes,
+and a quarter of the pictures fully masked (there the model stays a text-to-image model).
+Mask 1 = repaint. The text encoder, autoencoder and tokenizer are the base model's, frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minisd.loading.files import check_destination
+from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
+from minisd.shapes import ShapesDataset, tiny_model_path
+from minisd.training.data import RenderedDataset
+from minisd.training.text_to_image import save_model, train_text_to_image
+from minisd.training.tiny import default_checkpoint_dir
+
+FULL_MASK, RECTANGLE = 0.25, 0.6  # the share of fully masked pictures; rectangles up to 0.6, then strokes
+
+
+def inpainting_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A copy of `base` reading 9 channels; the 5 new input channels of conv_in start at zero."""
+    unet = UNet2DConditionModel.from_config({**base.config, "in_channels": 9}).to(base.dtype)
+    state = base.state_dict()
+    weight = state["conv_in.weight"]  # [C, 4, 3, 3]
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], 5, 3, 3)], dim=1)
+    unet.load_state_dict(state)
+    return unet
+
+
+def _stroke(size: int, gen: torch.Generator) -> torch.Tensor:
+    """A thick segment between two random points: [size, size] of 0/1."""
+    (x0, y0, x1, y1), width = torch.rand(4, generator=gen) * size, 2 + 4 * torch.rand(1, generator=gen).item()
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    dx, dy = x1 - x0, y1 - y0
+    t = (((xs - x0) * dx + (ys - y0) * dy) / (dx * dx + dy * dy + 1e-6)).clamp(0, 1)  # closest point
+    return ((xs - x0 - t * dx) ** 2 + (ys - y0 - t * dy) ** 2 <= (width / 2) ** 2).float()
+
+
+def random_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """`n` training masks [n, 1, size, size] of 0/1 (1 = repaint): a quarter everything, then random
+    rectangles (a quarter to three quarters of the side), then one to three random strokes."""
+    masks = torch.zeros(n, 1, size, size)
+    for m, kind in zip(masks, torch.rand(n, generator=gen).tolist(), strict=True):
+        if kind < FULL_MASK:
+            m.fill_(1)
+        elif kind < RECTANGLE:
+            h, w = (size * (0.25 + 0.5 * torch.rand(2, generator=gen))).long().tolist()
+            y, x = (
+                torch.randint(0, size - h + 1, (1,), generator=gen).item(),
+                torch.randint(0, size - w + 1, (1,), generator=gen).item(),
+            )
+            m[0, y : y + h, x : x + w] = 1
+        else:
+            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+                m[0] = m[0].maximum(_stroke(size, gen))
+    return masks
+
+
+def masked_inputs(
+    vae: AutoencoderKL, images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """The inpainting UNet's extra input [B, 5, h, w]: the mask at latent size (nearest, as the pipeline
+    does) and the scaled latents of the pictures [B, 3, H, W] with the masked region set to 0."""
+    with torch.no_grad():
+        posterior = vae.encode(images * (masks < 0.5)).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
+        latents = posterior.mean + posterior.std * noise
+    small = F.interpolate(masks, size=latents.shape[2:])  # [B, 1, h, w]
+    return torch.cat([small, latents * vae.scaling_factor], dim=1)
+
+
+def train_inpainting(
+    folder: str | os.PathLike,
+    steps: int = 600,
+    batch_size: int = 32,
+    num_scenes: int = 2_000,
+    lr: float = 1e-3,
+    seed: int = 1,
+    base: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Fine-tune the tiny model's (or `base`'s) UNet into a 9-channel inpainting UNet; save the model
+    (diffusers layout, fp16) to `folder` with `training_log.json`. Resumes from `checkpoint_dir`
+    (default: one folder per output folder under ~/.cache/minisd/checkpoints). Returns the log."""
+    start, folder = time.time(), Path(folder)
+    check_destination(folder, overwrite=True, is_folder=True)  # before training, not after
+    base = Path(base) if base is not None else tiny_model_path()
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(folder)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(base / "vae", dtype=torch.float32, device="cpu").eval()
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=torch.float32, device="cpu")
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    unet = inpainting_unet(
+        UNet2DConditionModel.from_pretrained(base / "unet", dtype=torch.float32, device="cpu")
+    )
+    mask_text_padding = bool(json.loads((base / "model_index.json").read_text()).get("mask_text_padding"))
+    dataset = RenderedDataset(ShapesDataset(length=num_scenes, seed=seed), progress)
+    size = dataset.images.shape[-1]
+
+    def extra_channels(idx: list[int], gen: torch.Generator) -> torch.Tensor:
+        images = dataset.images[idx].to(device)  # [B, 3, H, W] in [-1, 1]
+        return masked_inputs(vae, images, random_masks(len(idx), size, gen).to(device), gen)
+
+    result = train_text_to_image(
+        unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size, lr=lr, ema_decay=0.99,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=100, mask_text_padding=mask_text_padding,
+        train_text_encoder=False, extra_channels=extra_channels, progress=progress, device=device,
+    )  # fmt: skip
+    save_model(folder, result["unet"], text_encoder, vae, tokenizer, mask_text_padding=mask_text_padding)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(
+        json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}, indent=2)
+    )
+    losses = result["losses"]
+    log = {
+        "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
+        "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+        "device": str(device),
+        "recipe": dict(steps=steps, batch_size=batch_size, num_scenes=num_scenes, lr=lr, seed=seed),
+        "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else math.nan,
+        "losses": [round(x, 5) for x in losses],
+    }
+    (folder / "training_log.json").write_text(json.dumps(log))
+    return log

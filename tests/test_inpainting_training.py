@@ -1,0 +1,73 @@
+"""The tiny inpainting recipe (minisd.training.inpainting): the zero-initialised 9-channel UNet equals the
+base model at step 0, the synthetic masks, and a short resumable run that loads as an inpainting model."""
+
+import pytest
+import torch
+
+from minisd.models import UNet2DConditionModel
+from minisd.pipelines import StableDiffusionInpaintPipeline
+from minisd.shapes import TINY_CONFIGS
+from minisd.training.inpainting import inpainting_unet, random_masks, train_inpainting
+
+
+def test_zero_initialised_channels_keep_the_base_model():
+    torch.manual_seed(0)
+    base = UNet2DConditionModel.from_config(TINY_CONFIGS["unet"]).eval()
+    unet = inpainting_unet(base).eval()
+    assert unet.config["in_channels"] == 9
+    x, extra = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 8, 8)
+    context, t = torch.randn(2, 77, 64), torch.tensor([10, 900])
+    with torch.no_grad():
+        ours = unet(torch.cat([x, extra], dim=1), t, context).sample
+        ref = base(x, t, context).sample
+    assert torch.equal(ours, ref)
+
+
+def test_random_masks_mix_full_rectangles_and_strokes():
+    masks = random_masks(400, 32, torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 1, 32, 32) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    covered = masks.mean(dim=(1, 2, 3))
+    full = (covered == 1).float().mean().item()
+    assert 0.18 < full < 0.32  # a quarter fully masked
+    assert ((covered > 0) & (covered < 1)).float().mean() > 0.6  # the rest partly masked
+    assert (covered > 0).all()  # every picture has something to repaint
+
+
+def test_short_run_resumes_and_loads(tmp_path):
+    torch.set_num_threads(1)
+    kwargs = dict(batch_size=4, num_scenes=8, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    first = train_inpainting(tmp_path / "a", steps=2, **kwargs)
+    resumed = train_inpainting(tmp_path / "b", steps=3, **kwargs)
+    assert len(first["losses"]) == 2 and resumed["losses"][:2] == first["losses"]
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "b", device="cpu")
+    assert pipe.unet.config["in_channels"] == 9 and pipe.mask_text_padding
+    picture, mask = torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
+    out = pipe("a red circle", image=picture, mask_image=mask, num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, 32, 32, 3)
+
+
+def test_tiny_model_bad_input():
+    """The tiny model's size step (16 pixels) and a 9-channel UNet outside the inpainting pipeline."""
+    from minisd.errors import UserError
+    from minisd.pipelines import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from minisd.shapes import tiny_model_path
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_path(), device="cpu")
+    with pytest.raises(UserError, match="multiples of 16 .*resize or crop it to 32x32"):
+        pipe("a red circle", image=torch.zeros(3, 40, 40), mask_image=torch.zeros(1, 40, 40))
+    unet = inpainting_unet(pipe.unet)
+    for cls, kwargs in (
+        (StableDiffusionPipeline, {}),
+        (StableDiffusionImg2ImgPipeline, {"image": torch.zeros(3, 32, 32)}),
+    ):
+        other = cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, unet, pipe.scheduler)
+        with pytest.raises(UserError, match="reads 9 input channels.*StableDiffusionInpaintPipeline"):
+            other("a red circle", num_inference_steps=2, **kwargs)
+
+
+def test_cli_refuses_a_destination_before_training(tmp_path, capsys):
+    from minisd.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-inpainting", str(tmp_path / "missing" / "out"), "--steps", "1"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
