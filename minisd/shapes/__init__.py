@@ -31,7 +31,14 @@ from minisd.shapes.scenes import (
     shape_mask,
     unknown_words,
 )
-from minisd.shapes.tiny import TINY_CONFIGS, TINY_MODEL, TINY_SAMPLING, tiny_model_path
+from minisd.shapes.tiny import (
+    TINY_CONFIGS,
+    TINY_CONTROLNET,
+    TINY_MODEL,
+    TINY_SAMPLING,
+    tiny_controlnet_path,
+    tiny_model_path,
+)
 
 __all__ = [
     "COLORS",
@@ -45,6 +52,7 @@ __all__ = [
     "SHAPES",
     "VOCABULARY",
     "TINY_CONFIGS",
+    "TINY_CONTROLNET",
     "TINY_MODEL",
     "TINY_SAMPLING",
     "Shape",
@@ -66,6 +74,7 @@ __all__ = [
     "score_image",
     "shape_coverage",
     "shape_mask",
+    "tiny_controlnet_path",
     "tiny_model_path",
     "unknown_words",
 ]
