@@ -1,5 +1,5 @@
 """Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-lora |
-train-embedding | train-inpainting` (or `python -m minisd ...`)."""
+train-embedding | train-inpainting | train-controlnet` (or `python -m minisd ...`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from minisd.cli_checks import (
     seed,
     unit_float,
 )
+from minisd.cli_controlnet import add_train_controlnet, control_inputs, control_options
+from minisd.cli_inpainting import add_train_inpainting
 
 SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512, "width": 512, "upscale": 1}
 
@@ -67,7 +69,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {dst}")
 
 
-def _load_pipeline(args: argparse.Namespace, pipeline_class: type | None = None):
+def _load_pipeline(args: argparse.Namespace, pipeline_class: type | None = None, **parts):
     """The pipeline of --weights, or the packaged tiny shapes model when none is given."""
     import torch
 
@@ -79,7 +81,7 @@ def _load_pipeline(args: argparse.Namespace, pipeline_class: type | None = None)
     weights = args.weights or tiny_model_path()
     if args.weights is None:
         print(f"no --weights: using the tiny shapes model trained in chapter 07 ({weights})")
-    return pipeline_class.from_pretrained(weights, config=args.config, dtype=dtype)
+    return pipeline_class.from_pretrained(weights, config=args.config, dtype=dtype, **parts)
 
 
 def _load_loras(pipe, specs: list[str]) -> None:
@@ -111,7 +113,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.scheduler is not None:
         get_scheduler(args.scheduler)  # an unknown name fails now, listing the known ones
     picture_args, pipeline_class = picture_inputs(args)
-    pipe = _load_pipeline(args, pipeline_class)
+    control_args, control_parts = control_inputs(args)
+    if control_parts:
+        from minisd.pipelines import StableDiffusionControlNetPipeline as pipeline_class
+    pipe = _load_pipeline(args, pipeline_class, **control_parts)
     _load_loras(pipe, args.lora)
     for spec in args.embedding or []:
         path, sep, token = spec.rpartition(":")
@@ -133,6 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         guidance_scale=opts["guidance"],
         generator=torch.Generator().manual_seed(args.seed),
         **(picture_args or {"height": opts["height"], "width": opts["width"]}),
+        **control_args,
         scheduler=opts["scheduler"],
         long_prompt=args.long_prompt,
     ).images
@@ -244,13 +250,6 @@ def cmd_train_lora(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_train_inpainting(args: argparse.Namespace) -> None:
-    from minisd.training.inpainting import train_inpainting
-
-    log = train_inpainting(args.output, args.steps, checkpoint_dir=args.checkpoint_dir)
-    print(f"wrote {args.output} in {log['seconds']:.0f} s, final loss {log['final_loss']:.4f}")
-
-
 def weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights", help="a diffusers folder or .safetensors/.ckpt file (default: the tiny model)"
@@ -331,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lora", action="append", default=[], metavar="PATH[:SCALE]", help="a LoRA file (repeatable)"
     )
+    control_options(p)
     weights_options(p)
     p.set_defaults(func=cmd_generate)
     p = add("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
@@ -380,11 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.add_argument("--no-evaluate", action="store_true", help="skip the before/after adherence measurements")
     p.set_defaults(func=cmd_train_lora)
-    p = add("train-inpainting", help="fine-tune the tiny model for inpainting: 9 input channels (chapter 10)")
-    p.add_argument("output", help="the model folder to write (diffusers layout)")
-    p.add_argument("--steps", type=positive_int, default=600, help="training steps")
-    p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
-    p.set_defaults(func=cmd_train_inpainting)
+    add_train_inpainting(add)
+    add_train_controlnet(add)
     return parser
 
 

@@ -1,7 +1,15 @@
 """The shapes world: the book's laboratory (chapter 07). Procedural scenes of coloured shapes with
 their captions, a reader that scores a picture against its caption, and the tiny model trained on it."""
 
-from minisd.shapes.reader import classify_shape, read_scene, relation_between, scene_kind, score_image
+from minisd.shapes.conditions import CONDITIONS, condition_image, free_layout, object_mask, outline
+from minisd.shapes.reader import (
+    classify_shape,
+    foreground_mask,
+    read_scene,
+    relation_between,
+    scene_kind,
+    score_image,
+)
 from minisd.shapes.scenes import (
     COLORS,
     HELD_OUT,
@@ -25,15 +33,18 @@ from minisd.shapes.scenes import (
 )
 from minisd.shapes.tiny import (
     TINY_CONFIGS,
+    TINY_CONTROLNET,
     TINY_INPAINT_UNET,
     TINY_MODEL,
     TINY_SAMPLING,
+    tiny_controlnet_path,
     tiny_inpaint_unet_path,
     tiny_model_path,
 )
 
 __all__ = [
     "COLORS",
+    "CONDITIONS",
     "HELD_OUT",
     "NOVEL_COLORS",
     "NUMBERS",
@@ -43,6 +54,7 @@ __all__ = [
     "SHAPES",
     "VOCABULARY",
     "TINY_CONFIGS",
+    "TINY_CONTROLNET",
     "TINY_INPAINT_UNET",
     "TINY_MODEL",
     "TINY_SAMPLING",
@@ -50,7 +62,12 @@ __all__ = [
     "ShapeScene",
     "ShapesDataset",
     "classify_shape",
+    "condition_image",
+    "foreground_mask",
+    "free_layout",
     "novel_scene",
+    "object_mask",
+    "outline",
     "random_scene",
     "read_scene",
     "relation_between",
@@ -60,6 +77,7 @@ __all__ = [
     "score_image",
     "shape_coverage",
     "shape_mask",
+    "tiny_controlnet_path",
     "tiny_inpaint_unet_path",
     "tiny_model_path",
     "unknown_words",

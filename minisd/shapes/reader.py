@@ -10,11 +10,12 @@ import numpy as np
 from minisd.shapes.scenes import PALETTE, ShapeScene
 
 
-def _nearest_color(img: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 -> [H, W] index into PALETTE of the nearest palette colour."""
-    palette = np.array(list(PALETTE.values()), np.float32)  # [K, 3]
+def _nearest_color(img: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """[H, W, 3] uint8 -> [H, W] index into PALETTE of the nearest palette colour (of those `among`)."""
+    among = np.arange(len(PALETTE)) if among is None else among
+    palette = np.array(list(PALETTE.values()), np.float32)[among]  # [K, 3]
     d = ((img[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)  # [H, W, K]
-    return d.argmin(-1)
+    return among[d.argmin(-1)]
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -51,6 +52,18 @@ def classify_shape(region: np.ndarray) -> str:
     if bottom - top > 0.35 or offset > 0.045:
         return "triangle"
     return "square" if (top + bottom) / 2 > 0.55 else "circle"
+
+
+def foreground_mask(image: np.ndarray, min_pixels: int = 12) -> np.ndarray:
+    """Boolean [H, W]: where the objects of a uint8 [H, W, 3] picture are, read back from it.
+
+    Each pixel takes the nearest of the picture's own colours (the palette colours nearest to at
+    least `min_pixels` pixels), so the blend on an edge goes to the side it is closer to, not to a
+    third colour; the mask is every pixel not of the background (the most common colour).
+    """
+    counts = np.bincount(_nearest_color(image).ravel(), minlength=len(PALETTE))
+    idx = _nearest_color(image, np.flatnonzero(counts >= min(min_pixels, counts.max())))
+    return idx != counts.argmax()
 
 
 def read_scene(image: np.ndarray, min_pixels: int = 12) -> dict:

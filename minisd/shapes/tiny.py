@@ -34,6 +34,19 @@ def tiny_inpaint_unet_path() -> Path:
     return TINY_INPAINT_UNET
 
 
+TINY_CONTROLNET = Path(__file__).parent / "weights" / "tiny_shapes_controlnet"  # chapter 11: object masks
+
+
+def tiny_controlnet_path() -> Path:
+    """The packaged ControlNet of the tiny model: it reads an object mask (white where objects go)."""
+    if not (TINY_CONTROLNET / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged ControlNet is missing from {TINY_CONTROLNET}; train it again with "
+            f"`python -m minisd train-controlnet {TINY_CONTROLNET}`"
+        )
+    return TINY_CONTROLNET
+
+
 TINY_CONFIGS: dict[str, dict] = {
     "text_encoder": {
         "hidden_size": 64,

@@ -5,6 +5,7 @@ One module per part of the book; every checker is reachable as `minisd.book.chec
 """
 
 from minisd.book.checks.compare import compare_cases
+from minisd.book.checks.controlnet import controlnet_param_count, guidance_window, mask_iou, sobel_gradients
 from minisd.book.checks.core import (
     bpe_merge,
     classifier_free_guidance,
@@ -30,6 +31,7 @@ __all__ = [
     "classifier_free_guidance",
     "clip_skip_state",
     "compare_cases",
+    "controlnet_param_count",
     "ddim_step",
     "diagonal_gaussian_kl",
     "diagonal_gaussian_sample",
@@ -37,16 +39,19 @@ __all__ = [
     "euler_step",
     "first_cut_word",
     "geglu",
+    "guidance_window",
     "input_block_index",
     "latent_mask",
     "lora_conv",
     "lora_linear",
     "lora_param_count",
+    "mask_iou",
     "mean_rescale",
     "noise_prediction_loss",
     "prompt_attention",
     "prompt_chunks",
     "scaled_dot_product_attention",
+    "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
     "token_decoder",
