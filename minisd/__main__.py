@@ -15,6 +15,7 @@ from minisd.cli_checks import (
     prog_name,
     report_errors,
     seed,
+    undo_upscale,
     unit_float,
 )
 from minisd.cli_controlnet import add_train_controlnet, control_inputs, control_options
@@ -131,6 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     # unset options: SD v1.5's usual settings, or the tiny model's own (32x32 pixels, DDIM)
     defaults = TINY_SAMPLING if args.weights is None else SD_SAMPLING
     opts = {k: defaults[k] if getattr(args, k) is None else getattr(args, k) for k in defaults}
+    picture_args, control_args = (undo_upscale(p, opts) for p in (picture_args, control_args))
     images = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,

@@ -132,6 +132,20 @@ def picture_inputs(args: Namespace) -> tuple[dict, type | None]:
     return {**kwargs, "mask_image": read_picture(args.mask, "--mask")}, StableDiffusionInpaintPipeline
 
 
+def undo_upscale(pictures: dict, opts: dict) -> dict:
+    """Input pictures of exactly `opts["upscale"]` times the model's size (a PNG `generate` saved, read
+    back) shrunk to the model's size, nearest pixel; other sizes and arguments unchanged."""
+    from PIL import Image
+
+    native, k = (opts["width"], opts["height"]), opts["upscale"]
+    return {
+        key: p.resize(native, Image.Resampling.NEAREST)
+        if isinstance(p, Image.Image) and k > 1 and p.size == (native[0] * k, native[1] * k)
+        else p
+        for key, p in pictures.items()
+    }
+
+
 @contextlib.contextmanager
 def report_errors(prog: str, debug: bool = False) -> Iterator[None]:
     """Turn a user's mistake into `prog: error: message` and exit status 2; `debug` keeps the traceback."""

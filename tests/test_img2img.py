@@ -175,6 +175,17 @@ def test_cli_init_image_strength_and_mask(folder, tmp_path, capsys):
     assert capsys.readouterr().out.count("wrote") == 2
 
 
+def test_cli_reads_back_a_picture_it_saved_at_the_model_size(tmp_path, capsys):
+    """The tiny model's PNGs are saved 8x enlarged; given back as --init-image they are shrunk to 32x32
+    again (not drawn at 256x256, a size the model never saw), and the edit is saved 8x like any output."""
+    out, edit = tmp_path / "out.png", tmp_path / "edit.png"
+    main(["generate", "a red circle on a blue background", "--steps", "2", "-o", str(out)])
+    main(["generate", "a green circle on a blue background", "--steps", "2", "--init-image", str(out),
+          "--strength", "0.6", "-o", str(edit)])  # fmt: skip
+    assert Image.open(out).size == Image.open(edit).size == (256, 256)
+    assert capsys.readouterr().out.count("wrote") == 2
+
+
 # ---------------------------------------------------------------------------- full size
 
 
