@@ -25,6 +25,7 @@ from minisd.metrics.clip_score import clip_preprocess
 from minisd.models.clip_vision import CLIPModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.shapes import TINY_CONFIGS, ShapesDataset
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import RenderedDataset, batch_indices
 from minisd.training.tiny import default_checkpoint_dir
 
@@ -89,8 +90,7 @@ def train_clip(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     state = {"step": 0, "losses": []}
     ckpt = Path(checkpoint_dir) / "clip_training_state.pt" if checkpoint_dir else None
-    if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    if (saved := load_state(ckpt, device)) is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["lr_scheduler"])
@@ -118,15 +118,13 @@ def train_clip(
             recent = state["losses"][-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}", scale=f"{model.logit_scale.exp():.1f}")
         if ckpt and (state["step"] % checkpoint_every == 0 or state["step"] == steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             saved = {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "lr_scheduler": sched.state_dict(),
                 **state,
             }
-            torch.save(saved, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)  # never leave a half-written checkpoint
+            save_state(ckpt, saved)
     model.eval()
     return {"model": model, "losses": state["losses"]}
 

@@ -28,6 +28,7 @@ from minisd.pipelines import StableDiffusionControlNetPipeline
 from minisd.pipelines.loading import load_pipeline_parts
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, ShapesDataset, condition_image, free_layout, tiny_model_path
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import RenderedDataset, SceneList, batch_indices, encode_posteriors
 
 # the condition embedding of the tiny model: 32x32 pixels -> the 8x8 latent grid (two halvings)
@@ -76,8 +77,7 @@ def train_controlnet(
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
     losses: list[float] = []
     ckpt = Path(checkpoint_dir) / "controlnet_state.pt" if checkpoint_dir else None
-    if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    if (saved := load_state(ckpt, device)) is not None:
         net.load_state_dict(saved["controlnet"])
         opt.load_state_dict(saved["optimizer"])
         losses = saved["losses"]
@@ -114,10 +114,8 @@ def train_controlnet(
         if callback is not None:
             callback(step + 1, losses[-1])
         if ckpt and (len(losses) % checkpoint_every == 0 or len(losses) == steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             state = {"controlnet": net.state_dict(), "optimizer": opt.state_dict(), "losses": losses}
-            torch.save(state, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)  # never leave a half-written checkpoint
+            save_state(ckpt, state)
     net.eval()
     return losses
 

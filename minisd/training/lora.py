@@ -27,6 +27,7 @@ from minisd.pipelines import StableDiffusionPipeline
 from minisd.pipelines.lora_formats import lora_state_dict, save_lora_file
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, TINY_SAMPLING, ShapeScene, ShapesDataset, novel_scene
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import RenderedDataset, SceneList, batch_indices, encode_posteriors
 
 UNET_TARGETS = lora.UNET_ATTENTION + lora.UNET_FEED_FORWARD
@@ -97,8 +98,7 @@ def train_lora(
     scheduler = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"])
     losses: list[float] = []
     ckpt = Path(checkpoint_dir) / "lora_state.pt" if checkpoint_dir else None
-    if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True)
+    if (saved := load_state(ckpt)) is not None:
         for p, value in zip(params, saved["params"], strict=True):
             p.data.copy_(value)
         opt.load_state_dict(saved["optimizer"])
@@ -129,10 +129,8 @@ def train_lora(
         if callback is not None:
             callback(step + 1, losses[-1])
         if ckpt and (len(losses) % checkpoint_every == 0 or len(losses) == steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             state = {"params": [p.detach() for p in params], "optimizer": opt.state_dict(), "losses": losses}
-            torch.save(state, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            save_state(ckpt, state)
     unet.eval(), text_encoder.eval()
     return losses
 

@@ -28,6 +28,7 @@ from minisd.models.unet import UNet2DConditionModel
 from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, ShapesDataset
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import RenderedDataset, batch_indices, encode_posteriors
 from minisd.training.ema import EMA
 from minisd.training.grounding import grounding_loss, grounding_targets, upsample_map
@@ -83,8 +84,7 @@ def train_text_to_image(
     ema_unet, ema_text = EMA(unet, ema_decay), EMA(text_encoder, ema_decay)
     state = {"step": 0, "losses": []}
     ckpt = Path(checkpoint_dir) / "training_state.pt" if checkpoint_dir else None
-    if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    if (saved := load_state(ckpt, device)) is not None:
         unet.load_state_dict(saved["unet"])
         text_encoder.load_state_dict(saved["text_encoder"])
         ema_unet.model.load_state_dict(saved["ema_unet"])
@@ -148,7 +148,6 @@ def train_text_to_image(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(state['losses'][-50:]) / len(state['losses'][-50:]):.4f}")
         if ckpt and (state["step"] % checkpoint_every == 0 or state["step"] == steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             saved = {
                 "unet": unet.state_dict(),
                 "text_encoder": text_encoder.state_dict(),
@@ -158,8 +157,7 @@ def train_text_to_image(
                 "lr_scheduler": sched.state_dict(),
                 **state,
             }
-            torch.save(saved, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)  # never leave a half-written checkpoint
+            save_state(ckpt, saved)
     return {"unet": ema_unet.model, "text_encoder": ema_text.model, "losses": state["losses"]}
 
 

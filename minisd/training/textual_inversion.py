@@ -25,6 +25,7 @@ from minisd.loading.textual_inversion import add_embedding
 from minisd.models.vae import DiagonalGaussianDistribution
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, novel_scene, render_scene
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import batch_indices, encode_posteriors
 
 
@@ -79,8 +80,7 @@ def train_embedding(
     ckpt = Path(checkpoint_dir) / "embedding_state.pt" if checkpoint_dir else None
     with torch.no_grad():
         table[row] = init[0]
-    if ckpt and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    if (saved := load_state(ckpt, device)) is not None:
         with torch.no_grad():
             table[row] = saved["vector"][0].to(device)
         opt.load_state_dict(saved["optimizer"])
@@ -107,10 +107,8 @@ def train_embedding(
         state["step"], state["seconds"] = step + 1, time.perf_counter() - start
         state["losses"].append(loss.item())
         if ckpt and (state["step"] % checkpoint_every == 0 or state["step"] == steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             saved = {"vector": table[row : row + 1].detach().cpu(), "optimizer": opt.state_dict(), **state}
-            torch.save(saved, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            save_state(ckpt, saved)
     hook.remove()
     table.requires_grad_(False)
     after = {**unet.state_dict(), **vae.state_dict()} | {f"text.{k}": v for k, v in text.state_dict().items()}
