@@ -9,6 +9,7 @@ weights, which no machine here has) or says it needs a GPU (CI machines have non
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -19,6 +20,33 @@ ALLOWED_SKIPS = ("MINISD_SD15", "needs a GPU")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sd15_folder(tmp_path_factory):
+    """One random-weight v1.5 pipeline (float16 files, 2 GB) shared by the slow tests, removed at the end."""
+    from tiny_sd import save_sd15_pipeline
+
+    folder = save_sd15_pipeline(tmp_path_factory.mktemp("sd15") / "sd")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed:
+        item.minisd_failed = True
+
+
+@pytest.fixture(autouse=True)
+def _remove_tmp_path(request):
+    """A passing test's tmp_path goes as soon as it ends: the full-size tests write gigabytes each, and
+    pytest would keep them all until the session ends (a failing test's files stay, to look at)."""
+    yield
+    path = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if path is not None and not getattr(request.node, "minisd_failed", False):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_runtest_logreport(report):

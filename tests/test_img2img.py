@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler
 from diffusers import StableDiffusionImg2ImgPipeline as RefPipeline
 from PIL import Image
-from tiny_sd import SD15, save_diffusers_pipeline
+from tiny_sd import save_diffusers_pipeline
 
 from minisd.__main__ import main
 from minisd.errors import UserError
@@ -190,15 +190,14 @@ def test_cli_reads_back_a_picture_it_saved_at_the_model_size(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_size_v15_random_weights(tmp_path):
+def test_full_size_v15_random_weights(sd15_folder):
     """The v1.5 configuration with random weights: 64x64 pixels, strength 0.5 of 4 steps."""
-    folder = save_diffusers_pipeline(
-        tmp_path / "sd15", scale=0.02, unet=SD15["unet"], vae=SD15["vae"], text=SD15["text_encoder"]
-    )
-    ours = StableDiffusionImg2ImgPipeline.from_pretrained(folder, device="cpu")
+    ours = StableDiffusionImg2ImgPipeline.from_pretrained(sd15_folder, device="cpu")
     got = run_ours(ours, strength=0.5, num_inference_steps=4)
     del ours
-    ref = RefPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    ref = RefPipeline.from_pretrained(
+        sd15_folder, safety_checker=None, requires_safety_checker=False, dtype=torch.float32
+    )
     ref.set_progress_bar_config(disable=True)
     ref.saved_scheduler_config = ref.scheduler.config
     assert max_diff(got, run_ref(ref, strength=0.5, num_inference_steps=4)) < 2e-3

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMSchedu
 from diffusers import StableDiffusionInpaintPipeline as RefPipeline
 from PIL import Image
 from test_img2img import max_diff, picture, seeded
-from tiny_sd import SD15, TINY_UNET, save_diffusers_pipeline
+from tiny_sd import TINY_UNET, save_diffusers_pipeline, save_sd15_pipeline
 
 from minisd import convert
 from minisd.errors import UserError
@@ -27,7 +27,9 @@ def mask(size: int = SIZE) -> Image.Image:
 
 
 def load_ref(folder):
-    ref = RefPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False).to("cpu")
+    ref = RefPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False, dtype=torch.float32
+    ).to("cpu")
     ref.set_progress_bar_config(disable=True)
     ref.saved_scheduler_config = ref.scheduler.config
     return ref
@@ -149,10 +151,7 @@ def test_bad_input(pipes, channels, kwargs, match):
 @pytest.mark.slow
 def test_full_size_v15_inpainting_random_weights(tmp_path):
     """The sd-v1-5-inpainting configuration (9 input channels) with random weights, 64x64, 2 steps."""
-    unet = {**SD15["unet"], "in_channels": 9}
-    folder = save_diffusers_pipeline(
-        tmp_path / "sd15", scale=0.02, unet=unet, vae=SD15["vae"], text=SD15["text_encoder"]
-    )
+    folder = save_sd15_pipeline(tmp_path / "sd15", in_channels=9)
     ours = StableDiffusionInpaintPipeline.from_pretrained(folder, device="cpu")
     size = dict(height=SIZE, width=SIZE)  # diffusers would resize the picture to the UNet's 512 x 512
     got = run_ours(ours, num_inference_steps=2, **size)

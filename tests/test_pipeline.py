@@ -15,7 +15,7 @@ from diffusers import (
 )
 from diffusers import StableDiffusionPipeline as RefPipeline
 from PIL import Image
-from tiny_sd import SD15, save_diffusers_pipeline
+from tiny_sd import save_diffusers_pipeline
 
 from minisd import convert
 from minisd import loading as ck
@@ -39,7 +39,7 @@ def folder(tmp_path_factory):
 
 
 def load_ref(folder):
-    ref = RefPipeline.from_pretrained(folder).to("cpu")
+    ref = RefPipeline.from_pretrained(folder, dtype=torch.float32).to("cpu")
     ref.saved_scheduler_config = ref.scheduler.config  # the folder's scheduler_config.json
     return ref
 
@@ -311,21 +311,18 @@ def test_cli_generate(folder, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_full_size_v15_random_weights(tmp_path):
+def test_full_size_v15_random_weights(sd15_folder, tmp_path):
     """The v1.5 configuration (860M-parameter UNet) with random weights, 64x64 pixels, 2 steps."""
-    folder = save_diffusers_pipeline(
-        tmp_path / "sd15", scale=0.02, unet=SD15["unet"], vae=SD15["vae"], text=SD15["text_encoder"]
-    )
-    ours = StableDiffusionPipeline.from_pretrained(folder, device="cpu")
+    ours = StableDiffusionPipeline.from_pretrained(sd15_folder, device="cpu")
     assert ours.unet.num_parameters() == 859_520_964 and ours.vae.num_parameters() == 83_653_863
     assert ours.text_encoder.num_parameters() == 123_060_480
     x = latents()
     kwargs = dict(prompt=PROMPT, latents=x, num_inference_steps=2)
     got = run_ours(ours, **kwargs)
     del ours
-    assert max_diff(got, run_ref(load_ref(folder), **kwargs)) < 2e-3
+    assert max_diff(got, run_ref(load_ref(sd15_folder), **kwargs)) < 2e-3
     # the original single file with the packaged v1.5 configs (config=None), like v1-5-pruned-emaonly
-    convert.folder_to_single_file(folder, tmp_path / "sd15.safetensors")
+    convert.folder_to_single_file(sd15_folder, tmp_path / "sd15.safetensors")
     single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd15.safetensors", device="cpu")
     assert max_diff(run_ours(single, **kwargs), got) == 0
 

@@ -56,8 +56,13 @@ def diffusers_components(unet=TINY_UNET, vae=TINY_VAE, text=TINY_TEXT, scale: fl
     )
 
 
-def save_diffusers_pipeline(folder: Path, scale: float | None = 0.05, **configs) -> Path:
-    """Build a random-weight diffusers StableDiffusionPipeline and save_pretrained it to `folder`."""
+def save_diffusers_pipeline(
+    folder: Path, scale: float | None = 0.05, dtype: torch.dtype = torch.float32, **configs
+) -> Path:
+    """Build a random-weight diffusers StableDiffusionPipeline and save_pretrained it to `folder`.
+
+    `dtype=torch.float16` halves the files (the full-size v1.5 pipeline: 2 GB, not 4); both libraries
+    then load the same rounded weights into float32 models (diffusers with dtype=torch.float32)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer as HFCLIPTokenizer
 
@@ -75,5 +80,17 @@ def save_diffusers_pipeline(folder: Path, scale: float | None = 0.05, **configs)
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder)
+    pipe.to(dtype).save_pretrained(folder)
     return folder
+
+
+def save_sd15_pipeline(folder: Path, **unet) -> Path:
+    """The v1.5 configuration with random weights (scale 0.02) in float16; `unet` overrides its config."""
+    return save_diffusers_pipeline(
+        folder,
+        scale=0.02,
+        dtype=torch.float16,
+        unet={**SD15["unet"], **unet},
+        vae=SD15["vae"],
+        text=SD15["text_encoder"],
+    )
