@@ -16,6 +16,21 @@ import torch
 
 ALLOWED_SKIPS = ("MINISD_SD15", "needs a GPU")
 
+# Under pytest-xdist (`-n auto`, the README's command) each worker gets its share of the cores, and the
+# chapters' kernels, started by a worker, inherit it through OMP_NUM_THREADS.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+
+
+def pytest_collection_modifyitems(items):
+    """The full-size tests run one after another on one worker (`--dist loadgroup`): each needs several GB
+    of memory, and they share one saved v1.5 pipeline (`sd15_folder`)."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("full_size"))
+
 
 @pytest.fixture(autouse=True)
 def _seed():
