@@ -25,7 +25,13 @@ def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str, size
 
     ax.add_patch(
         FancyBboxPatch(
-            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", fc=color, ec="0.3", lw=0.8
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.08",
+            fc=color,
+            ec="0.3",
+            lw=0.8,
         )
     )
     ax.text(x, y, text, ha="center", va="center", fontsize=size, **kw)
@@ -33,7 +39,10 @@ def _box(ax, x: float, y: float, w: float, h: float, text: str, color: str, size
 
 def _arrow(ax, start: tuple, end: tuple, color: str = "0.25", style: str = "-|>", **kw) -> None:
     ax.annotate(
-        "", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=color, lw=1.1, shrinkA=0, shrinkB=0, **kw)
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops=dict(arrowstyle=style, color=color, lw=1.1, shrinkA=0, shrinkB=0, **kw),
     )
 
 
@@ -71,32 +80,52 @@ def draw_unet(config: dict, title: str | None = None):
         ax.text(-0.55, y, f"{side >> i}×{side >> i}", ha="left", va="center", fontsize=9, color="0.35")
 
     skips = level_skips(channels, layers)
-    for i, (y, ch, kind) in enumerate(zip(ys, channels, down_types)):
+    for i, (y, ch, kind) in enumerate(zip(ys, channels, down_types, strict=True)):
         cross = kind.startswith("CrossAttn")
         inner = f"{layers} × (ResNet → Transformer)" if cross else f"{layers} × ResNet"
         down = "\n↓ stride-2 conv" if i < n - 1 else ""
         _box(ax, xs[i], y, w, h, f"down_blocks.{i}: {kind}, {ch} ch\n{inner}{down}", CONV, size=8)
         j = n - 1 - i  # the up block on the same level
         up_kind = up_types[j]
-        inner = f"{layers + 1} × (cat skip → ResNet → Transformer)" if up_kind.startswith("CrossAttn") else (
-            f"{layers + 1} × (cat skip → ResNet)"
+        inner = (
+            f"{layers + 1} × (cat skip → ResNet → Transformer)"
+            if up_kind.startswith("CrossAttn")
+            else (f"{layers + 1} × (cat skip → ResNet)")
         )
         up = "\n↑ nearest ×2 + conv" if j < n - 1 else ""
-        _box(ax, 17 - xs[i], y, w, h, f"up_blocks.{j}: {up_kind}, {channels[i]} ch\n{inner}{up}", CONV, size=8)
+        _box(
+            ax, 17 - xs[i], y, w, h, f"up_blocks.{j}: {up_kind}, {channels[i]} ch\n{inner}{up}", CONV, size=8
+        )
         for x0, c in ((xs[i], cross), (17 - xs[i], up_kind.startswith("CrossAttn"))):  # badges
             _box(ax, x0 - w / 2 + 0.22, y + h / 2, 0.32, 0.24, "t", TIME, size=7)
             if c:
                 _box(ax, x0 - w / 2 + 0.68, y + h / 2, 0.46, 0.24, "text", TEXT, size=7)
         _arrow(ax, (xs[i] + w / 2, y - 0.05), (17 - xs[i] - w / 2, y - 0.05), color=SKIP, ls="--")
         label = " + ".join(str(c) for c in skips[i])
-        ax.text(8.5, y + 0.08, f"{len(skips[i])} skips: {label} ch", ha="center", va="bottom", fontsize=8, color="0.3")
+        ax.text(
+            8.5,
+            y + 0.08,
+            f"{len(skips[i])} skips: {label} ch",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.3",
+        )
         if i < n - 1:
             _arrow(ax, (xs[i] + 0.3, y - h / 2), (xs[i + 1] + 0.3, ys[i + 1] + h / 2))
             _arrow(ax, (17 - xs[i + 1] - 0.3, ys[i + 1] + h / 2), (17 - xs[i] - 0.3, y - h / 2))
 
     mid_w = 5.2
-    _box(ax, 8.5, y_mid, mid_w, 0.8, f"mid_block: ResNet → Transformer → ResNet\n{channels[-1]} ch, "
-         f"{side >> (n - 1)}×{side >> (n - 1)}", CONV, size=8)
+    _box(
+        ax,
+        8.5,
+        y_mid,
+        mid_w,
+        0.8,
+        f"mid_block: ResNet → Transformer → ResNet\n{channels[-1]} ch, {side >> (n - 1)}×{side >> (n - 1)}",
+        CONV,
+        size=8,
+    )
     _box(ax, 8.5 - mid_w / 2 + 0.22, y_mid + 0.4, 0.32, 0.24, "t", TIME, size=7)
     _box(ax, 8.5 - mid_w / 2 + 0.68, y_mid + 0.4, 0.46, 0.24, "text", TEXT, size=7)
     _arrow(ax, (xs[-1], ys[-1] - h / 2), (8.5 - mid_w / 2 + 1.3, y_mid + 0.4))
@@ -107,10 +136,18 @@ def draw_unet(config: dict, title: str | None = None):
     _box(ax, 17 - xs[0], top, w, 0.5, f"GroupNorm → SiLU → conv_out: {c0} → 4 ch", CONV, size=8)
     _arrow(ax, (xs[0], top - 0.25), (xs[0], ys[0] + h / 2))
     _arrow(ax, (17 - xs[0], ys[0] + h / 2), (17 - xs[0], top - 0.25))
-    ax.text(xs[0], top + 0.75, f"noisy latent z_t  [B, 4, {side}, {side}]", ha="center", va="center", fontsize=8.5)
+    ax.text(
+        xs[0], top + 0.75, f"noisy latent z_t  [B, 4, {side}, {side}]", ha="center", va="center", fontsize=8.5
+    )
     _arrow(ax, (xs[0], top + 0.6), (xs[0], top + 0.25))
-    ax.text(17 - xs[0], top + 0.75, f"predicted noise  [B, 4, {side}, {side}]", ha="center", va="center",
-            fontsize=8.5)
+    ax.text(
+        17 - xs[0],
+        top + 0.75,
+        f"predicted noise  [B, 4, {side}, {side}]",
+        ha="center",
+        va="center",
+        fontsize=8.5,
+    )
     _arrow(ax, (17 - xs[0], top + 0.25), (17 - xs[0], top + 0.6))
 
     # the two conditioning inputs
@@ -121,9 +158,9 @@ def draw_unet(config: dict, title: str | None = None):
     _arrow(ax, (8.5, y_mid - 1.12), (8.5, y_mid - 0.4), color="#3b7d3b")
     ax.text(
         0.05, -2.15,
-        "t badge: the block's ResNets add a projection of temb to every pixel.   text badge: its Transformers'"
-        " cross-attention reads the text.\ndashed: the skip connections, concatenated to the input of the up "
-        "path's ResNets (last saved, first used).   Left: each level's resolution (latent pixels).",
+        "t badge: the block's ResNets add a projection of temb to every pixel.   text badge: its "
+        "Transformers' cross-attention reads the text.\ndashed: the skip connections, concatenated to the "
+        "input of the up path's ResNets (last saved, first used).   Left: each level's resolution (latent pixels).",
         fontsize=8, color="0.3", va="bottom",
     )  # fmt: skip
     ax.set_title(title or f"UNet: block_out_channels {channels}, layers_per_block {layers}", fontsize=10)
@@ -143,7 +180,7 @@ def draw_resnet_block(in_channels: int = 320, out_channels: int = 640, temb_chan
     ]
     ax.text(x, 10.35, f"x  [B, {in_channels}, H, W]", ha="center", va="center", fontsize=9)
     _arrow(ax, (x, 10.15), (x, 9.2 + 0.3))
-    for (y, text, color), nxt in zip(steps, [8.1, 6.8, 4.4, 2.0]):
+    for (y, text, color), nxt in zip(steps, [8.1, 6.8, 4.4, 2.0], strict=True):
         _box(ax, x, y, w, 0.6, text, color)
         _arrow(ax, (x, y - 0.3), (x, nxt + (0.3 if nxt in (8.1, 4.4) else 0.17)))
     _plus(ax, x, 6.8)
@@ -153,10 +190,19 @@ def draw_resnet_block(in_channels: int = 320, out_channels: int = 640, temb_chan
     _box(ax, 1.2, 6.8, 2.2, 0.5, f"SiLU → Linear\n{temb_channels} → {out_channels}", TIME, size=8)
     _arrow(ax, (1.2, 7.3), (1.2, 7.05))
     _arrow(ax, (2.3, 6.8), (x - 0.17, 6.8))
-    ax.text(0.15, 6.4, f"[B, {out_channels}, 1, 1]: the same\nvalue at every pixel", fontsize=7.5, va="top", color="0.3")
+    ax.text(
+        0.15,
+        6.4,
+        f"[B, {out_channels}, 1, 1]: the same\nvalue at every pixel",
+        fontsize=7.5,
+        va="top",
+        color="0.3",
+    )
     # the shortcut, on the right
     xr = 8.6
-    short = f"conv_shortcut\n1×1, {in_channels} → {out_channels}" if in_channels != out_channels else "identity"
+    short = (
+        f"conv_shortcut\n1×1, {in_channels} → {out_channels}" if in_channels != out_channels else "identity"
+    )
     ax.plot([x, xr, xr], [9.95, 9.95, 6.0], color="0.25", lw=1.1)
     _box(ax, xr, 5.4, 2.2, 0.8, short, CONV, size=8)
     ax.plot([xr, xr], [4.98, 2.0], color="0.25", lw=1.1)
@@ -165,9 +211,16 @@ def draw_resnet_block(in_channels: int = 320, out_channels: int = 640, temb_chan
     _plus(ax, x, 2.0)
     _arrow(ax, (x, 2.0 - 0.17), (x, 0.9))
     ax.text(x, 0.65, f"out  [B, {out_channels}, H, W]", ha="center", va="center", fontsize=9)
-    ax.text(0.1, -0.4, "conv1 and conv2 keep H and W (padding 1); only the shortcut's conv is learned when "
-            "C_in ≠ C_out.", fontsize=7.5, color="0.3")
-    ax.set_title(f"ResnetBlock2D({in_channels} → {out_channels}), as in every UNet block", fontsize=10, pad=14)
+    ax.text(
+        0.1,
+        -0.4,
+        "conv1 and conv2 keep H and W (padding 1); only the shortcut's conv is learned when C_in ≠ C_out.",
+        fontsize=7.5,
+        color="0.3",
+    )
+    ax.set_title(
+        f"ResnetBlock2D({in_channels} → {out_channels}), as in every UNet block", fontsize=10, pad=14
+    )
     return fig
 
 
@@ -204,13 +257,28 @@ def draw_transformer_block(channels: int = 320, heads: int = 8, cross_attention_
     ax.text(xr + 0.12, 8.5, "residuals", rotation=90, fontsize=8, va="center", color="0.3")
     _box(ax, 1.25, 7.0, 2.1, 0.75, f"text\n[B, 77, {cross_attention_dim}]", TEXT, size=8)
     _arrow(ax, (2.3, 7.0), (x - w / 2, 7.0), color="#3b7d3b")
-    ax.text(1.25, 6.35, f"to_k, to_v:\n{cross_attention_dim} → {channels}", ha="center", va="top", fontsize=7.5,
-            color="0.3")
+    ax.text(
+        1.25,
+        6.35,
+        f"to_k, to_v:\n{cross_attention_dim} → {channels}",
+        ha="center",
+        va="top",
+        fontsize=7.5,
+        color="0.3",
+    )
     from matplotlib.patches import Rectangle
 
     ax.add_patch(Rectangle((2.35, 2.65), 6.25, 8.8, fill=False, ec="0.55", ls=":", lw=1.0))
-    ax.text(2.68, 7.0 - 1.9, "BasicTransformerBlock", rotation=90, fontsize=8.5, color="0.35", style="italic",
-            va="center")
+    ax.text(
+        2.68,
+        7.0 - 1.9,
+        "BasicTransformerBlock",
+        rotation=90,
+        fontsize=8.5,
+        color="0.35",
+        style="italic",
+        va="center",
+    )
     _box(ax, x, 1.35, w, 0.7, f"reshape back to [B, {channels}, H, W]\n→ proj_out (1×1 conv)", NORM)
     _arrow(ax, (x, y_in), (x, 1.7))
     _plus(ax, x, 0.45)
