@@ -160,7 +160,8 @@ def draw_unet(config: dict, title: str | None = None):
         0.05, -2.15,
         "t badge: the block's ResNets add a projection of temb to every pixel.   text badge: its "
         "Transformers' cross-attention reads the text.\ndashed: the skip connections, concatenated to the "
-        "input of the up path's ResNets (last saved, first used).   Left: each level's resolution (latent pixels).",
+        "input of the up path's ResNets (last saved, first used).   Left: each level's resolution "
+        "(latent pixels).",
         fontsize=8, color="0.3", va="bottom",
     )  # fmt: skip
     ax.set_title(title or f"UNet: block_out_channels {channels}, layers_per_block {layers}", fontsize=10)
