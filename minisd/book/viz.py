@@ -76,6 +76,7 @@ def source_excerpt(obj, first: str, last: str) -> str:
     import inspect
     import textwrap
 
+    obj = inspect.unwrap(obj)  # a decorated __init__: the file is the function's, not the decorator's
     lines, start = inspect.getsourcelines(obj)
     begin = next((i for i, line in enumerate(lines) if first in line), None)
     end = next((i for i in range(begin or 0, len(lines)) if last in lines[i]), None)

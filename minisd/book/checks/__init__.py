@@ -12,10 +12,8 @@ from minisd.book.checks.core import (
     ddim_step,
     diagonal_gaussian_kl,
     diagonal_gaussian_sample,
-    geglu,
     input_block_index,
     noise_prediction_loss,
-    scaled_dot_product_attention,
 )
 from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
@@ -23,6 +21,7 @@ from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_ch
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
+from minisd.book.checks.unet import resnet_param_count, unet_forward, up_block_skips
 
 __all__ = [
     "blend_known",
@@ -38,7 +37,6 @@ __all__ = [
     "dpm_solver_2m_step",
     "euler_step",
     "first_cut_word",
-    "geglu",
     "guidance_window",
     "input_block_index",
     "latent_mask",
@@ -50,9 +48,11 @@ __all__ = [
     "noise_prediction_loss",
     "prompt_attention",
     "prompt_chunks",
-    "scaled_dot_product_attention",
+    "resnet_param_count",
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
     "token_decoder",
+    "unet_forward",
+    "up_block_skips",
 ]

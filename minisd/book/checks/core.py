@@ -1,4 +1,5 @@
-"""Checkers for chapters 01-07: tokenizer, text encoder, schedulers, UNet, autoencoder, training."""
+"""Checkers for chapters 01-07: tokenizer, text encoder, schedulers, autoencoder, training (the UNet's are
+in checks/unet.py)."""
 
 from __future__ import annotations
 
@@ -130,69 +131,6 @@ def diagonal_gaussian_kl(candidate: Callable) -> bool:
 
     cases = [(label, args[:2]) for label, args in _gaussian_cases()]
     return compare_cases("diagonal_gaussian_kl", candidate, reference, cases, rtol=1e-4, atol=1e-3)
-
-
-# Chapter 04: the UNet ----------------------------------------------------------------------------
-
-
-def scaled_dot_product_attention(candidate: Callable) -> bool:
-    """Check `candidate(q, k, v) -> softmax(q k^T / sqrt(d)) v` on [..., N, d] queries, [..., M, d] keys.
-
-    The reference is `torch.nn.functional.scaled_dot_product_attention`; the cases are self- and
-    cross-attention, a single key, and logits large enough to overflow a softmax without its max shift.
-    """
-    import torch.nn.functional as F
-
-    gen = torch.Generator().manual_seed(0)
-
-    def qkv(shape_q: tuple, m: int, scale: float = 1.0) -> tuple:
-        k_shape = (*shape_q[:-2], m, shape_q[-1])
-        q = torch.randn(shape_q, generator=gen) * scale
-        return q, torch.randn(k_shape, generator=gen) * scale, torch.randn(k_shape, generator=gen)
-
-    cases = [
-        ("self-attention [2, 8, 16, 40]", qkv((2, 8, 16, 40), 16)),
-        ("cross-attention: 64 pixels -> 77 tokens", qkv((1, 8, 64, 40), 77)),
-        ("one key", qkv((2, 4, 5, 8), 1)),
-        ("huge logits (softmax must subtract the max)", qkv((1, 2, 6, 16), 6, scale=30.0)),
-        ("3-D [B, N, d]", qkv((3, 10, 32), 7)),
-    ]
-    return compare_cases("scaled_dot_product_attention", candidate, F.scaled_dot_product_attention, cases)
-
-
-def geglu(candidate: Callable) -> bool:
-    """Check `candidate(x, weight, bias) -> hidden * gelu(gate)` against `minisd.models.attention.GEGLU`.
-
-    `x @ weight.T + bias` splits into (hidden, gate) halves along the last axis; GELU is the exact
-    (erf) one, not the tanh approximation.
-    """
-    from minisd.models.attention import GEGLU
-
-    gen = torch.Generator().manual_seed(0)
-    cases = []
-    for label, shape, dim_out in [
-        ("tokens [2, 16, 32] -> 64", (2, 16, 32), 64),
-        ("one vector [8] -> 4", (8,), 4),
-        ("v1.5 width [1, 4, 320] -> 1280", (1, 4, 320), 1280),
-    ]:
-        layer = GEGLU(shape[-1], dim_out)
-        with torch.no_grad():
-            layer.proj.weight.copy_(torch.randn(layer.proj.weight.shape, generator=gen) / shape[-1] ** 0.5)
-            layer.proj.bias.copy_(torch.randn(layer.proj.bias.shape, generator=gen))
-        cases.append((label, (torch.randn(shape, generator=gen) * 3, layer.proj.weight, layer.proj.bias)))
-
-    def reference(x, weight, bias):
-        layer = GEGLU(weight.shape[1], weight.shape[0] // 2)
-        with torch.no_grad():
-            layer.proj.weight.copy_(weight)
-            layer.proj.bias.copy_(bias)
-            return layer(x)
-
-    def reader(x, weight, bias):
-        with torch.no_grad():
-            return candidate(x, weight, bias)
-
-    return compare_cases("geglu", reader, reference, cases)
 
 
 # Chapter 07: training a tiny text-to-image model ------------------------------------------------
