@@ -23,13 +23,12 @@ from tqdm.auto import tqdm
 
 from minisd.metrics.control import control_adherence
 from minisd.models.controlnet import ControlNetModel
-from minisd.models.vae import DiagonalGaussianDistribution
 from minisd.pipelines import StableDiffusionControlNetPipeline
 from minisd.pipelines.loading import load_pipeline_parts
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, ShapesDataset, condition_image, free_layout, tiny_model_path
 from minisd.training.checkpoints import load_state, save_state
-from minisd.training.data import RenderedDataset, SceneList, batch_indices, encode_posteriors
+from minisd.training.data import RenderedDataset, SceneList, encode_posteriors, noisy_batch
 
 # the condition embedding of the tiny model: 32x32 pixels -> the 8x8 latent grid (two halvings)
 TINY_EMBEDDING = (16, 32, 32)
@@ -84,26 +83,20 @@ def train_controlnet(
     posteriors = encode_posteriors(vae, dataset.images.to(device))  # [N, 8, h, w]
     bar = tqdm(range(len(losses), steps), desc="ControlNet", disable=not progress)
     for step in bar:
-        idx = batch_indices(len(dataset), batch_size, step)
-        gen = torch.Generator().manual_seed(step)  # this step's noise, timesteps and dropped captions
-        drop = (torch.rand(len(idx), generator=gen) < caption_dropout).tolist()
-        captions = ["" if d else dataset.captions[i] for i, d in zip(idx, drop, strict=True)]
-        latents = DiagonalGaussianDistribution(posteriors[idx]).sample(gen) * vae.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-        noisy = scheduler.add_noise(latents, noise, t)  # [B, 4, 8, 8]
-        ids = tokenizer(captions).to(device)  # [B, 77]
-        mask = tokenizer.attention_mask(ids) if pipe.mask_text_padding else None
+        b = noisy_batch(
+            dataset, posteriors, step, batch_size, vae=vae, tokenizer=tokenizer, scheduler=scheduler,
+            caption_dropout=caption_dropout, mask_text_padding=pipe.mask_text_padding, device=device,
+        )  # fmt: skip
         with torch.no_grad():
-            text = text_encoder(ids)[0]  # [B, 77, 64]
+            text = text_encoder(b.ids)[0]  # [B, 77, 64]
         down, mid = net(
-            noisy, t, text, conditions[idx].to(device), return_dict=False, encoder_attention_mask=mask
+            b.noisy, b.t, text, conditions[b.idx].to(device), return_dict=False, encoder_attention_mask=b.mask
         )
         pred = unet(
-            noisy, t, text, encoder_attention_mask=mask,
+            b.noisy, b.t, text, encoder_attention_mask=b.mask,
             down_block_additional_residuals=down, mid_block_additional_residual=mid,
         ).sample  # fmt: skip
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, b.noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

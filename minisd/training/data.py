@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from minisd.models.vae import AutoencoderKL
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
+from minisd.schedulers import DDPMScheduler
 from minisd.shapes import ShapeScene, render_scene
 
 
@@ -66,3 +69,43 @@ def encode_posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int 
     """The frozen autoencoder's posterior parameters (mean and log-variance) [N, 8, h, w] of every
     image, computed once: a training step then only samples z = mean + std * noise."""
     return torch.cat([vae.encode(x).latent_dist.parameters for x in images.split(batch_size)])
+
+
+class NoisyBatch(NamedTuple):
+    """One denoising-training step's inputs, every random draw from the step's own generator."""
+
+    idx: list[int]  # the dataset items
+    noisy: torch.Tensor  # [B, 4, h, w] x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise
+    noise: torch.Tensor  # [B, 4, h, w] what the UNet learns to predict
+    t: torch.Tensor  # [B] timesteps
+    ids: torch.Tensor  # [B, 77] token ids, "" where the caption was dropped
+    mask: torch.Tensor | None  # [B, 77] the text attention mask, or None
+    dropped: torch.Tensor  # [B] bool: captions replaced by "" (classifier-free guidance's unconditional half)
+    generator: torch.Generator  # for any further draw of this step
+
+
+def noisy_batch(
+    dataset: RenderedDataset,
+    posteriors: torch.Tensor,
+    step: int,
+    batch_size: int,
+    *,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    scheduler: DDPMScheduler,
+    caption_dropout: float,
+    mask_text_padding: bool,
+    device: str | torch.device,
+) -> NoisyBatch:
+    """The batch of training step `step`: latents sampled from the cached posteriors, noised to random
+    timesteps, with a `caption_dropout` share of captions dropped; a function of the step alone."""
+    idx = batch_indices(len(dataset), batch_size, step)
+    gen = torch.Generator().manual_seed(step)
+    dropped = torch.rand(len(idx), generator=gen) < caption_dropout
+    captions = ["" if d else dataset.captions[i] for i, d in zip(idx, dropped.tolist(), strict=True)]
+    latents = DiagonalGaussianDistribution(posteriors[idx]).sample(gen) * vae.scaling_factor  # [B, 4, h, w]
+    noise = torch.randn(latents.shape, generator=gen).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
+    ids = tokenizer(captions).to(device)  # [B, 77]
+    mask = tokenizer.attention_mask(ids) if mask_text_padding else None
+    return NoisyBatch(idx, scheduler.add_noise(latents, noise, t), noise, t, ids, mask, dropped, gen)

@@ -22,13 +22,12 @@ from tqdm.auto import tqdm
 
 from minisd.metrics.adherence import adherence, evaluate_adherence
 from minisd.models import lora
-from minisd.models.vae import DiagonalGaussianDistribution
 from minisd.pipelines import StableDiffusionPipeline
 from minisd.pipelines.lora_formats import lora_state_dict, save_lora_file
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, TINY_SAMPLING, ShapeScene, ShapesDataset, novel_scene
 from minisd.training.checkpoints import load_state, save_state
-from minisd.training.data import RenderedDataset, SceneList, batch_indices, encode_posteriors
+from minisd.training.data import RenderedDataset, SceneList, encode_posteriors, noisy_batch
 
 UNET_TARGETS = lora.UNET_ATTENTION + lora.UNET_FEED_FORWARD
 TEXT_TARGETS = lora.TEXT_ATTENTION + lora.TEXT_MLP
@@ -107,19 +106,12 @@ def train_lora(
     unet.train(), text_encoder.train()
     bar = tqdm(range(len(losses), steps), desc=f"LoRA {adapter_name!r}", disable=not progress)
     for step in bar:
-        idx = batch_indices(len(dataset), batch_size, step)
-        gen = torch.Generator().manual_seed(step)
-        drop = (torch.rand(len(idx), generator=gen) < caption_dropout).tolist()
-        captions = ["" if d else dataset.captions[i] for i, d in zip(idx, drop, strict=True)]
-        latents = DiagonalGaussianDistribution(posteriors[idx]).sample(gen) * vae.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen).to(pipe.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(pipe.device)
-        ids = tokenizer(captions).to(pipe.device)  # [B, 77]
-        mask = tokenizer.attention_mask(ids) if pipe.mask_text_padding else None
-        pred = unet(
-            scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0], encoder_attention_mask=mask
-        )
-        loss = F.mse_loss(pred.sample, noise)
+        b = noisy_batch(
+            dataset, posteriors, step, batch_size, vae=vae, tokenizer=tokenizer, scheduler=scheduler,
+            caption_dropout=caption_dropout, mask_text_padding=pipe.mask_text_padding, device=pipe.device,
+        )  # fmt: skip
+        pred = unet(b.noisy, b.t, text_encoder(b.ids)[0], encoder_attention_mask=b.mask)
+        loss = F.mse_loss(pred.sample, b.noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

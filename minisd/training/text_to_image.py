@@ -25,11 +25,11 @@ from minisd.models.attention_maps import recording_cross_attention
 from minisd.models.clip import CLIPTextModel
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.models.unet import UNet2DConditionModel
-from minisd.models.vae import AutoencoderKL, DiagonalGaussianDistribution
+from minisd.models.vae import AutoencoderKL
 from minisd.schedulers import DDPMScheduler
 from minisd.shapes import TINY_CONFIGS, ShapesDataset
 from minisd.training.checkpoints import load_state, save_state
-from minisd.training.data import RenderedDataset, batch_indices, encode_posteriors
+from minisd.training.data import RenderedDataset, encode_posteriors, noisy_batch
 from minisd.training.ema import EMA
 from minisd.training.grounding import grounding_loss, grounding_targets, upsample_map
 
@@ -110,31 +110,25 @@ def train_text_to_image(
     desc = "unet + text encoder" if train_text_encoder else "unet"
     bar = tqdm(range(state["step"], steps), desc=desc, disable=not progress)
     for step in bar:
-        idx = batch_indices(len(dataset), batch_size, step)
-        captions = [dataset.captions[i] for i in idx]
-        gen = torch.Generator().manual_seed(step)  # this step's noise, timesteps and dropped captions
-        drop = torch.rand(len(captions), generator=gen) < caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        posterior = DiagonalGaussianDistribution(posteriors[idx])
-        latents = posterior.sample(gen) * vae.scaling_factor  # [B, 4, 8, 8]
-        noise = torch.randn(latents.shape, generator=gen).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
-        noisy = scheduler.add_noise(latents, noise, t)  # q(x_t | x_0)
+        b = noisy_batch(
+            dataset, posteriors, step, batch_size, vae=vae, tokenizer=tokenizer, scheduler=scheduler,
+            caption_dropout=caption_dropout, mask_text_padding=mask_text_padding, device=device,
+        )  # fmt: skip
+        noisy = b.noisy  # q(x_t | x_0)
         if extra_channels is not None:
-            noisy = torch.cat([noisy, extra_channels(idx, gen).to(device)], dim=1)  # [B, 4 + C, 8, 8]
-        ids = tokenizer(captions).to(device)  # [B, 77]
-        mask = tokenizer.attention_mask(ids) if mask_text_padding else None
+            extra = extra_channels(b.idx, b.generator).to(device)  # [B, C, 8, 8]
+            noisy = torch.cat([noisy, extra], dim=1)  # [B, 4 + C, 8, 8]
         with (
             recording_cross_attention(unet, side) if grounding_weight else nullcontext([]) as fine,
             recording_cross_attention(unet, side // 2) if grounding_weight else nullcontext([]) as coarse,
         ):
-            pred = unet(noisy, t, text_encoder(ids)[0], encoder_attention_mask=mask).sample
-        loss = F.mse_loss(pred, noise)
+            pred = unet(noisy, b.t, text_encoder(b.ids)[0], encoder_attention_mask=b.mask).sample
+        loss = F.mse_loss(pred, b.noise)
         if grounding_weight:
-            tokens = ground_tokens[idx] * ~drop[:, None]  # no words to ground in a dropped caption
+            tokens = ground_tokens[b.idx] * ~b.dropped[:, None]  # no words to ground in a dropped caption
             maps = fine + [upsample_map(m, side // 2) for m in coarse]  # each [B, side * side, L]
             loss = loss + grounding_weight * grounding_loss(
-                torch.stack(maps).mean(0), tokens.to(device), ground_masks[idx].to(device)
+                torch.stack(maps).mean(0), tokens.to(device), ground_masks[b.idx].to(device)
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
