@@ -8,7 +8,6 @@ from minisd.book.checks.compare import compare_cases
 from minisd.book.checks.controlnet import controlnet_param_count, guidance_window, mask_iou, sobel_gradients
 from minisd.book.checks.core import (
     bpe_merge,
-    classifier_free_guidance,
     ddim_step,
     diagonal_gaussian_kl,
     diagonal_gaussian_sample,
@@ -19,6 +18,7 @@ from minisd.book.checks.core import (
 )
 from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
+from minisd.book.checks.pipeline import image_latents, sampling_loop, unet_evaluations
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
@@ -28,7 +28,6 @@ __all__ = [
     "blend_known",
     "bpe_merge",
     "changed_outputs",
-    "classifier_free_guidance",
     "clip_skip_state",
     "compare_cases",
     "controlnet_param_count",
@@ -40,6 +39,7 @@ __all__ = [
     "first_cut_word",
     "geglu",
     "guidance_window",
+    "image_latents",
     "input_block_index",
     "latent_mask",
     "lora_conv",
@@ -50,9 +50,11 @@ __all__ = [
     "noise_prediction_loss",
     "prompt_attention",
     "prompt_chunks",
+    "sampling_loop",
     "scaled_dot_product_attention",
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
     "token_decoder",
+    "unet_evaluations",
 ]
