@@ -8,7 +8,6 @@ from minisd.book.checks.compare import compare_cases
 from minisd.book.checks.controlnet import controlnet_param_count, guidance_window, mask_iou, sobel_gradients
 from minisd.book.checks.core import (
     bpe_merge,
-    classifier_free_guidance,
     ddim_step,
     diagonal_gaussian_kl,
     diagonal_gaussian_sample,
@@ -17,6 +16,7 @@ from minisd.book.checks.core import (
 )
 from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
+from minisd.book.checks.pipeline import image_latents, sampling_loop, unet_evaluations
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
@@ -27,7 +27,6 @@ __all__ = [
     "blend_known",
     "bpe_merge",
     "changed_outputs",
-    "classifier_free_guidance",
     "clip_skip_state",
     "compare_cases",
     "controlnet_param_count",
@@ -38,6 +37,7 @@ __all__ = [
     "euler_step",
     "first_cut_word",
     "guidance_window",
+    "image_latents",
     "input_block_index",
     "latent_mask",
     "lora_conv",
@@ -49,10 +49,12 @@ __all__ = [
     "prompt_attention",
     "prompt_chunks",
     "resnet_param_count",
+    "sampling_loop",
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
     "token_decoder",
+    "unet_evaluations",
     "unet_forward",
     "up_block_skips",
 ]

@@ -61,22 +61,6 @@ def ddim_step(candidate: Callable) -> bool:
 # Chapter 06: the Stable Diffusion pipeline ------------------------------------------------------
 
 
-def classifier_free_guidance(candidate: Callable) -> bool:
-    """Chapter 06: `candidate(eps_uncond, eps_cond, guidance_scale) -> eps` against
-    `minisd.pipelines.classifier_free_guidance` (scales 0, 1, 7.5 and a batch)."""
-    from minisd.pipelines import classifier_free_guidance as reference
-
-    gen = torch.Generator().manual_seed(0)
-    u, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
-    cases = [
-        ("scale 7.5", (u, c, 7.5)),
-        ("scale 1: conditional only", (u, c, 1.0)),
-        ("scale 0: unconditional only", (u, c, 0.0)),
-        ("equal predictions", (u, u.clone(), 12.0)),
-    ]
-    return compare_cases("classifier_free_guidance", candidate, reference, cases)
-
-
 def input_block_index(candidate: Callable[[int, int, int], int]) -> bool:
     """Chapter 06: `candidate(i, j, layers_per_block) -> k`, the original `input_blocks.k` that holds
     diffusers' `down_blocks.i.resnets.j`, against minisd.loading.key_maps (v1.5: 2 layers per block)."""
