@@ -23,8 +23,10 @@ from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_ch
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
+from minisd.book.checks.vae import adaptive_gan_weight, latent_shape, tile_blend
 
 __all__ = [
+    "adaptive_gan_weight",
     "blend_known",
     "bpe_merge",
     "changed_outputs",
@@ -41,6 +43,7 @@ __all__ = [
     "geglu",
     "guidance_window",
     "input_block_index",
+    "latent_shape",
     "latent_mask",
     "lora_conv",
     "lora_linear",
@@ -54,5 +57,6 @@ __all__ = [
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
+    "tile_blend",
     "token_decoder",
 ]
