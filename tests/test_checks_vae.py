@@ -50,9 +50,10 @@ def blend(a, b, extent, dim):
     shape = [1, 1, 1, 1]
     shape[dim] = extent
     w = (torch.arange(extent) / extent).view(shape)
-    b = b.clone()
-    b.narrow(dim, 0, extent).copy_(a.narrow(dim, a.shape[dim] - extent, extent) * (1 - w) + b.narrow(dim, 0, extent) * w)
-    return b
+    out = b.clone()
+    tail_of_a = a.narrow(dim, a.shape[dim] - extent, extent)
+    out.narrow(dim, 0, extent).copy_(tail_of_a * (1 - w) + b.narrow(dim, 0, extent) * w)
+    return out
 
 
 def test_tile_blend_checker_passes_the_reference():
@@ -104,13 +105,17 @@ def test_latent_shape_checker_passes_the_reference():
 
 
 def test_latent_shape_checker_fails_wrong_versions():
-    assert not checks.latent_shape(  # one halving per block, the last one included
-        lambda c, h, w: (c["latent_channels"], h // 2 ** len(c["block_out_channels"]), w // 2 ** len(c["block_out_channels"]))
-    )
+    def halving_in_every_block(c, h, w):  # the last block halves too
+        f = 2 ** len(c["block_out_channels"])
+        return c["latent_channels"], h // f, w // f
+
+    assert not checks.latent_shape(halving_in_every_block)
     assert not checks.latent_shape(lambda c, h, w: (4, *latent(c, h, w)[1:]))  # always 4 channels
     assert not checks.latent_shape(lambda c, h, w: latent(c, w, h))  # height and width swapped
     assert not checks.latent_shape(lambda c, h, w: (c["latent_channels"], h // 8, w // 8))  # v1.5's f only
-    assert not checks.latent_shape(lambda c, h, w: (2 * c["latent_channels"], *latent(c, h, w)[1:]))  # mean+logvar
+    assert not checks.latent_shape(  # mean and log-variance counted as channels
+        lambda c, h, w: (2 * c["latent_channels"], *latent(c, h, w)[1:])
+    )
 
 
 def weight(rec_grad, g_grad, disc_weight):
