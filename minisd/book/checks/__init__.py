@@ -22,8 +22,10 @@ from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
 from minisd.book.checks.unet import resnet_param_count, unet_forward, up_block_skips
+from minisd.book.checks.vae import adaptive_gan_weight, latent_shape, tile_blend
 
 __all__ = [
+    "adaptive_gan_weight",
     "blend_known",
     "bpe_merge",
     "changed_outputs",
@@ -39,6 +41,7 @@ __all__ = [
     "guidance_window",
     "image_latents",
     "input_block_index",
+    "latent_shape",
     "latent_mask",
     "lora_conv",
     "lora_linear",
@@ -53,6 +56,7 @@ __all__ = [
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
+    "tile_blend",
     "token_decoder",
     "unet_evaluations",
     "unet_forward",
