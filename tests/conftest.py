@@ -16,20 +16,12 @@ import torch
 
 ALLOWED_SKIPS = ("MINISD_SD15", "needs a GPU")
 
-# Under pytest-xdist (`-n auto`, the README's command) each worker gets its share of the cores, and the
+# Under pytest-xdist (`-n 2`, the README's command) each worker gets its share of the cores, and the
 # chapters' kernels, started by a worker, inherit it through OMP_NUM_THREADS.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(_threads)
     os.environ["OMP_NUM_THREADS"] = str(_threads)
-
-
-def pytest_collection_modifyitems(items):
-    """The full-size tests run one after another on one worker (`--dist loadgroup`): each needs several GB
-    of memory, and they share one saved v1.5 pipeline (`sd15_folder`)."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("full_size"))
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +31,8 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def sd15_folder(tmp_path_factory):
-    """One random-weight v1.5 pipeline (float16 files, 2 GB) shared by the slow tests, removed at the end."""
+    """One random-weight v1.5 pipeline (float16 files, 2 GB) per test process, shared by its slow tests and
+    removed at the end."""
     from tiny_sd import save_sd15_pipeline
 
     folder = save_sd15_pipeline(tmp_path_factory.mktemp("sd15") / "sd")
