@@ -40,23 +40,6 @@ def sd15_folder(tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    if outcome.get_result().failed:
-        item.minisd_failed = True
-
-
-@pytest.fixture(autouse=True)
-def _remove_tmp_path(request):
-    """A passing test's tmp_path goes as soon as it ends: the full-size tests write gigabytes each, and
-    pytest would keep them all until the session ends (a failing test's files stay, to look at)."""
-    yield
-    path = getattr(request.node, "funcargs", {}).get("tmp_path")
-    if path is not None and not getattr(request.node, "minisd_failed", False):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
