@@ -21,6 +21,7 @@ from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_ch
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
 from minisd.book.checks.text_encoder import changed_outputs, clip_skip_state, text_encoder_params
 from minisd.book.checks.tokenizer import first_cut_word, token_decoder
+from minisd.book.checks.training import ema_update, scaling_factor
 from minisd.book.checks.unet import resnet_param_count, unet_forward, up_block_skips
 from minisd.book.checks.vae import adaptive_gan_weight, latent_shape, tile_blend
 
@@ -36,6 +37,7 @@ __all__ = [
     "diagonal_gaussian_kl",
     "diagonal_gaussian_sample",
     "dpm_solver_2m_step",
+    "ema_update",
     "euler_step",
     "first_cut_word",
     "guidance_window",
@@ -53,6 +55,7 @@ __all__ = [
     "prompt_chunks",
     "resnet_param_count",
     "sampling_loop",
+    "scaling_factor",
     "sobel_gradients",
     "strength_steps",
     "text_encoder_params",
