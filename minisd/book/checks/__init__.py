@@ -16,6 +16,7 @@ from minisd.book.checks.core import (
 )
 from minisd.book.checks.editing import blend_known, latent_mask, strength_steps
 from minisd.book.checks.lora import lora_conv, lora_linear, lora_param_count
+from minisd.book.checks.measuring import clip_score_from_features, info_nce, patchify
 from minisd.book.checks.pipeline import image_latents, sampling_loop, unet_evaluations
 from minisd.book.checks.prompts import mean_rescale, prompt_attention, prompt_chunks
 from minisd.book.checks.schedulers import dpm_solver_2m_step, euler_step
@@ -31,6 +32,7 @@ __all__ = [
     "bpe_merge",
     "changed_outputs",
     "clip_skip_state",
+    "clip_score_from_features",
     "compare_cases",
     "controlnet_param_count",
     "ddim_step",
@@ -42,6 +44,7 @@ __all__ = [
     "first_cut_word",
     "guidance_window",
     "image_latents",
+    "info_nce",
     "input_block_index",
     "latent_shape",
     "latent_mask",
@@ -49,6 +52,7 @@ __all__ = [
     "lora_linear",
     "lora_param_count",
     "mask_iou",
+    "patchify",
     "mean_rescale",
     "noise_prediction_loss",
     "prompt_attention",
