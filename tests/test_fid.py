@@ -6,10 +6,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 import transformers
 
-from minisd.metrics.clip_score import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess, clip_score
+from minisd.metrics.clip_score import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    clip_preprocess,
+    clip_score,
+    rank_correlation,
+)
 from minisd.metrics.fid import feature_statistics, fid, frechet_distance
 from minisd.models.clip_vision import CLIPModel
 from minisd.models.tokenizer import CLIPTokenizer
@@ -168,3 +175,12 @@ def test_clip_score_clips_negative_cosines_at_zero():
     want = 100 * (2 / 2**0.5) / 3
     got = clip_score(pictures, ["a", "b", "c"], model, tokenizer, lambda x: x, batch_size=2)
     assert got == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "with-ties"])
+def test_rank_correlation_equals_scipy_spearman(ties):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4, 200) / 4 if ties else rng.standard_normal(200)  # a reader's 0, 1/4, ... scores
+    b = a + rng.standard_normal(200)
+    assert rank_correlation(a, b) == pytest.approx(scipy.stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert rank_correlation(a, a) == pytest.approx(1.0) and rank_correlation(a, -a) == pytest.approx(-1.0)

@@ -9,7 +9,7 @@ from minisd.metrics.adherence import (
     plot_rows,
     relation_control,
 )
-from minisd.metrics.clip_score import clip_preprocess, clip_score, clip_similarities
+from minisd.metrics.clip_score import clip_preprocess, clip_score, clip_similarities, rank_correlation
 from minisd.metrics.fid import extract_features, feature_statistics, fid, frechet_distance
 from minisd.metrics.zero_shot import zero_shot_accuracy
 
@@ -18,6 +18,7 @@ __all__ = [
     "attention_binding",
     "clip_preprocess",
     "clip_score",
+    "rank_correlation",
     "clip_similarities",
     "evaluate_adherence",
     "extract_features",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -87,3 +88,22 @@ def clip_score(
     """100 * max(cos(image, prompt), 0), averaged over the pairs (see `clip_similarities`)."""
     cosines = clip_similarities(images, prompts, clip_model, tokenizer, preprocess, batch_size, progress)
     return float((100 * cosines).clamp(min=0).mean())
+
+
+def average_ranks(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..N of the values, tied values sharing the mean of the ranks they span."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    shared = first + (counts + 1) / 2  # the mean of ranks first + 1 .. first + count
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(shared, counts)
+    return ranks
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the two lists' average ranks (ties, as
+    a reader's "2 of 4 right", are common); 1 when b orders the items exactly as a does."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two lists of one length >= 2, got {len(a)} and {len(b)}")
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
