@@ -43,6 +43,35 @@ def test_object_mask_iou_and_psnr():
     assert editing.masked_psnr(noisy, picture, keep) == float("inf")
 
 
+def test_seam_counts_edges_the_target_lacks():
+    """Synthetic pictures: a flat target with a box masked; a square object whose right half is masked."""
+    a, b = np.array([200, 40, 40]), np.array([40, 40, 200])
+    target = np.broadcast_to(a, (32, 32, 3)).astype(np.uint8)
+    mask = np.zeros((32, 32), np.float32)
+    mask[8:24, 8:16] = 1
+    assert editing.seam(target, target, mask) == 0.0
+    patched = target.copy()
+    patched[8:24, 8:16] = b  # the masked box drawn in another colour: an edge all around it
+    assert editing.seam(patched, target, mask) == pytest.approx(np.linalg.norm(a - b))
+    assert editing.seam(patched, target, np.zeros((32, 32))) == 0.0  # no border, nothing to measure
+    half = np.zeros((32, 32), np.float32)
+    half[8:24, 16:24] = 1  # the right half of the object below
+    whole = target.copy()
+    whole[8:24, 8:24] = b  # the object drawn whole: its edges are the target's, no seam
+    assert editing.seam(whole, whole, half) == 0.0
+    cut = whole.copy()
+    cut[8:24, 16:24] = a  # the masked half drawn as background: the object stops at the border
+    # of the 48 pairs across the border (16 + 16 + 8 + 8), those of the left side jump, but for the
+    # three rows next to the object's top edge and the three next to its bottom edge (tolerance 2)
+    assert editing.seam(cut, whole, half) == pytest.approx(np.linalg.norm(a - b) * (16 - 6) / 48)
+    moved = whole.copy()
+    moved[8:26, 16:24] = a
+    moved[10:26, 16:24] = b  # the masked half drawn two pixels low: a step of two rows at the border
+    assert editing.seam(moved, whole, half) == 0.0  # forgiven within the tolerance
+    # without it, the pair of row 9 counts (row 8's touches the target's own top edge)
+    assert editing.seam(moved, whole, half, tolerance=0) == pytest.approx(np.linalg.norm(a - b) / 48)
+
+
 @pytest.fixture(scope="module")
 def inpaint_pipes():
     torch.set_num_threads(1)

@@ -1,13 +1,14 @@
 """The tiny inpainting recipe (minisd.training.inpainting): the zero-initialised 9-channel UNet equals the
 base model at step 0, the synthetic masks, and a short resumable run that loads as an inpainting model."""
 
+import numpy as np
 import pytest
 import torch
 
 from minisd.models import UNet2DConditionModel
 from minisd.pipelines import StableDiffusionInpaintPipeline
-from minisd.shapes import TINY_CONFIGS
-from minisd.training.inpainting import inpainting_unet, random_masks, train_inpainting
+from minisd.shapes import TINY_CONFIGS, ShapesDataset, render_scene, tiny_model_path
+from minisd.training.inpainting import inpainting_unet, masked_inputs, random_masks, train_inpainting
 
 
 def test_zero_initialised_channels_keep_the_base_model():
@@ -31,6 +32,36 @@ def test_random_masks_mix_full_rectangles_and_strokes():
     assert 0.18 < full < 0.32  # a quarter fully masked
     assert ((covered > 0) & (covered < 1)).float().mean() > 0.6  # the rest partly masked
     assert (covered > 0).all()  # every picture has something to repaint
+
+
+def test_training_conditioning_is_what_the_pipeline_feeds():
+    """The 5 extra channels of training (`masked_inputs`) equal what the pipeline gives the UNet, in both
+    halves of classifier-free guidance, for the same pictures, masks and random draws: the blanking
+    value, the mask's binarisation and downsampling, the posterior sample and the scaling factor."""
+    torch.set_num_threads(1)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_path(), device="cpu")
+    pipe.unet = inpainting_unet(pipe.unet)
+    dataset = ShapesDataset(length=3, seed=0)
+    scenes = [dataset.scene(i) for i in range(3)]
+    pictures = np.stack([render_scene(s, 32) for s in scenes])  # uint8 [3, 32, 32, 3]
+    masks = random_masks(3, 32, torch.Generator().manual_seed(0))  # [3, 1, 32, 32]
+    seen, forward = [], pipe.unet.forward
+
+    def record(sample, *args, **kwargs):
+        seen.append(sample.clone())  # [2 * 3, 9, 8, 8]: unconditional half, then conditional
+        return forward(sample, *args, **kwargs)
+
+    pipe.unet.forward = record
+    pipe(
+        [s.caption for s in scenes], image=pictures / 255.0, mask_image=masks.permute(0, 2, 3, 1).numpy(),
+        num_inference_steps=1, guidance_scale=3.0, generator=torch.Generator().manual_seed(5), progress=False,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    torch.randn(3, 4, 8, 8, generator=gen)  # the pipeline draws the start noise first
+    images = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # as RenderedDataset
+    expected = masked_inputs(pipe.vae, images, masks, gen)  # [3, 5, 8, 8]
+    assert len(seen) == 1 and seen[0].shape == (6, 9, 8, 8)
+    assert torch.equal(seen[0][:3, 4:], expected) and torch.equal(seen[0][3:, 4:], expected)
 
 
 def test_short_run_resumes_and_loads(tmp_path):

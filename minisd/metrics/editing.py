@@ -4,7 +4,8 @@ Image-to-image: recolour one object ("a red circle on a blue background" -> "a g
 blue background") at several strengths; the shapes reader says whether the new colour came out
 (adherence) and the object's pixels say how much of the layout survived (IoU with the input's object).
 Inpainting: replace an object by one of a held-out colour-shape pair, repainting only a box around it;
-the PSNR outside the box says whether the rest stayed, the reader whether the new object came.
+the PSNR outside the box says whether the rest stayed, the reader whether the new object came, and
+`seam` whether the repainted region joins its surroundings.
 """
 
 from __future__ import annotations
@@ -109,6 +110,45 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
+def _edges(picture: np.ndarray) -> np.ndarray:
+    """Float [H, W]: each pixel's largest colour jump (RGB distance) to a 4-neighbour."""
+    edges = np.zeros(picture.shape[:2])
+    for axis in (0, 1):
+        jump = np.linalg.norm(np.diff(picture, axis=axis), axis=-1)  # between pixels i and i + 1
+        lo, hi = [(0, 0), (0, 0)], [(0, 0), (0, 0)]
+        lo[axis], hi[axis] = (0, 1), (1, 0)
+        edges = np.maximum(edges, np.maximum(np.pad(jump, lo), np.pad(jump, hi)))
+    return edges
+
+
+def _grow(values: np.ndarray, radius: int) -> np.ndarray:
+    """The largest value within `radius` pixels (a square window) of each pixel of [H, W]."""
+    padded, (h, w) = np.pad(values, radius), values.shape
+    windows = [
+        padded[dy : dy + h, dx : dx + w] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)
+    ]
+    return np.max(windows, axis=0)
+
+
+def seam(image: np.ndarray, target: np.ndarray, mask: np.ndarray, tolerance: int = 2) -> float:
+    """The edges that `image` has along the border of `mask` [H, W] and `target` has not (uint8
+    [H, W, 3]): the mean, over the pairs of neighbouring pixels on the two sides of the border, of the
+    colour jump (RGB distance, 0-255) in `image` minus the largest jump in `target` within `tolerance`
+    pixels of the pair, counted when positive. An object drawn a pixel or two off is forgiven; a
+    region that does not continue its surroundings (a seam) leaves about its colour distance."""
+    m = mask > 0.5
+    img = image.astype(np.float64)
+    allowed = _grow(_edges(target.astype(np.float64)), tolerance)  # [H, W]
+    excess = []
+    for axis in (0, 1):
+        across = np.diff(m, axis=axis)  # the pairs (i, i + 1) on the two sides of the border
+        jump = np.linalg.norm(np.diff(img, axis=axis), axis=-1)
+        near, far = (np.take(allowed, range(a, allowed.shape[axis] - 1 + a), axis=axis) for a in (0, 1))
+        excess.append(np.maximum(jump - np.maximum(near, far), 0)[across])
+    pairs = np.concatenate(excess)
+    return float(pairs.mean()) if pairs.size else 0.0
+
+
 def _uint8(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images) * 255).round().astype(np.uint8)
 
@@ -163,7 +203,8 @@ def evaluate_inpainting(
     """Inpainting with a `StableDiffusionInpaintPipeline` (4 channels: blend; 9: an inpainting UNet) on
     `inpaint_tasks` of `kind`: "psnr" (mean dB outside the mask, against the input), "object" (share
     with the requested colour and shape, and one object only), "iou" (mean IoU of the object's pixels
-    with the target's), and the pictures, inputs and masks."""
+    with the target's), "seam" (mean `seam` of the mask's border against the target scene), and the
+    pictures, inputs and masks."""
     tasks = inpaint_tasks(num_tasks, seed, kind)
     pictures = [render_scene(source, SIZE) for source, _, _ in tasks]
     images = _uint8(
@@ -180,10 +221,13 @@ def evaluate_inpainting(
         iou(object_mask(img), shape_mask(t.shapes[0], SIZE))
         for img, (_, t, _) in zip(images, tasks, strict=True)
     ]
+    targets = [render_scene(target, SIZE) for _, target, _ in tasks]
+    seams = [seam(img, t, m) for img, t, (_, _, m) in zip(images, targets, tasks, strict=True)]
     return {
         "psnr": float(np.mean(psnr)),
         "object": float(np.mean([s["color"] and s["shape"] and s["count"] for s in scores])),
         "iou": float(np.mean(ious)),
+        "seam": float(np.mean(seams)),
         "images": images,
         "inputs": np.stack(pictures),
         "masks": np.stack([m for _, _, m in tasks]),
