@@ -20,8 +20,8 @@ class Painter:
 
     def __call__(self, prompts, **kwargs):
         if self.perfect:
-            pictures = [torch.from_numpy(render_scene(self.scenes[p])).permute(2, 0, 1) / 255 for p in prompts]
-            return SimpleNamespace(images=torch.stack(pictures))
+            pictures = [torch.from_numpy(render_scene(self.scenes[p])) for p in prompts]  # [H, W, 3] uint8
+            return SimpleNamespace(images=torch.stack(pictures).permute(0, 3, 1, 2) / 255)
         return SimpleNamespace(images=torch.full((len(prompts), 3, 32, 32), 0.5))
 
 
