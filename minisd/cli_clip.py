@@ -87,9 +87,7 @@ def cmd_evaluate_fid(args: argparse.Namespace, load_pipeline: Callable) -> None:
         f"{args.samples} pictures per guidance scale, {args.steps} {args.scheduler} steps, CLIP {clip_path}"
     )
     print(format_sweep(rows, reference))
-    print(
-        "real: rendered held-out scenes against others (FID's floor at this sample count) and their captions"
-    )
+    print("real: the captions' own scenes rendered, a perfect model (FID's floor at this sample count)")
     if args.json:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(json.dumps({"rows": rows, "real": reference}, indent=1))

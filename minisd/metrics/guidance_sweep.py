@@ -2,11 +2,11 @@
 (chapter 12).
 
 For each guidance scale, the model draws one picture for each of N held-out captions (colour-shape
-pairs it never saw). FID compares the tiny CLIP's image features of those pictures with those of the
-same N scenes rendered by the shapes world; CLIP score asks the tiny CLIP how well each picture
-matches its caption. `reference_scores` gives the two numbers for real pictures: the FID of two
-independent sets of N rendered scenes (the floor that the sample count allows) and the CLIP score
-of rendered scenes with their own captions.
+pairs it never saw). FID compares the tiny CLIP's image features of those pictures with those of N
+other held-out scenes rendered by the shapes world (another draw, so that neither set is a copy of
+the other); CLIP score asks the tiny CLIP how well each picture matches its caption.
+`reference_scores` gives the two numbers of a perfect model, whose pictures are the captions' own
+scenes rendered: its FID is the floor that N samples allow, its CLIP score the ceiling.
 """
 
 from __future__ import annotations
@@ -83,6 +83,14 @@ def _clip_parts(clip_model: torch.nn.Module) -> tuple[Callable, Callable]:
     return preprocess, encode
 
 
+def _real_statistics(clip_model: torch.nn.Module, num_samples: int, seed: int, batch_size: int):
+    """Mean and covariance of the tiny CLIP's features of the real set: N held-out scenes of seed + 1."""
+    _, encode = _clip_parts(clip_model)
+    with torch.inference_mode():
+        features = extract_features(rendered(heldout_scenes(num_samples, seed + 1)), encode, batch_size)
+    return feature_statistics(features)
+
+
 def _scores(images, prompts, real_stats, clip_model, tokenizer, batch_size: int) -> dict[str, float]:
     preprocess, encode = _clip_parts(clip_model)
     with torch.inference_mode():
@@ -114,11 +122,8 @@ def guidance_sweep(
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: FID needs at least 2 pictures (in practice hundreds)")
     tokenizer = tokenizer or CLIPTokenizer()
-    scenes = heldout_scenes(num_samples, seed)
-    prompts = [s.caption for s in scenes]
-    _, encode = _clip_parts(clip_model)
-    with torch.inference_mode():
-        real_stats = feature_statistics(extract_features(rendered(scenes), encode, batch_size))
+    prompts = [s.caption for s in heldout_scenes(num_samples, seed)]
+    real_stats = _real_statistics(clip_model, num_samples, seed, batch_size)
     rows = []
     for scale in guidance_scales:
         start = time.time()
@@ -138,16 +143,14 @@ def reference_scores(
     tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
     batch_size: int = 250,
 ) -> dict[str, float]:
-    """The same two numbers for rendered (real) pictures in place of generated ones: "fid" between
-    the sweep's N real scenes and N others (seed + 1), the floor of N-sample FID, and "clip_score"
-    of the N others with their own captions, what a perfect model would score."""
+    """`guidance_sweep`'s two numbers for a perfect model, whose picture of each caption is its scene
+    rendered: "fid" (against the same real set: the floor of N-sample FID) and "clip_score"."""
     tokenizer = tokenizer or CLIPTokenizer()
-    _, encode = _clip_parts(clip_model)
-    with torch.inference_mode():
-        real_stats = feature_statistics(extract_features(rendered(heldout_scenes(num_samples, seed)), encode))
-    others = heldout_scenes(num_samples, seed + 1)
-    prompts = [s.caption for s in others]
-    return _scores(rendered(others), prompts, real_stats, clip_model, tokenizer, batch_size)
+    scenes = heldout_scenes(num_samples, seed)
+    real_stats = _real_statistics(clip_model, num_samples, seed, batch_size)
+    return _scores(
+        rendered(scenes), [s.caption for s in scenes], real_stats, clip_model, tokenizer, batch_size
+    )
 
 
 def format_sweep(rows: list[dict], reference: dict[str, float] | None = None) -> str:
