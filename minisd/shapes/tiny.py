@@ -56,7 +56,7 @@ def tiny_clip_path() -> Path:
     if not (TINY_CLIP / "config.json").is_file():
         raise FileNotFoundError(
             f"the packaged tiny CLIP is missing from {TINY_CLIP}; train it again with "
-            f"`python -m minisd train-clip {TINY_CLIP}` (about 20 minutes on one CPU core)"
+            f"`python -m minisd train-clip {TINY_CLIP}` (about 25 minutes on one CPU core)"
         )
     return TINY_CLIP
 

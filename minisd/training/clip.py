@@ -178,7 +178,7 @@ def train_tiny_clip(
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """The whole recipe (about 20 minutes on one CPU core): a TINY_CLIP_CONFIG model trained on
+    """The whole recipe (about 25 minutes on one CPU core): a TINY_CLIP_CONFIG model trained on
     `num_scenes` training scenes, saved to `folder` in transformers' layout (config.json +
     model.safetensors, fp16) with `training_log.json` (recipe, losses, seconds and zero-shot accuracy
     on `eval_scenes` held-out and training scenes each: `minisd.metrics.zero_shot.shapes_zero_shot`).
