@@ -184,6 +184,6 @@ def plot_sweep(rows: list[dict], reference: dict[str, float] | None = None):
         )
         ax.legend()
     ax.set(xlabel="CLIP score (tiny CLIP)", ylabel="FID (tiny-CLIP features)")
-    ax.set_title(f"guidance trades FID for CLIP score ({rows[0]['samples']} samples each)")
+    ax.set_title(f"one point per guidance scale, {rows[0]['samples']} samples each")
     fig.tight_layout()
     return fig
