@@ -1,5 +1,5 @@
-"""Command line: `minisd setup | convert | generate | evaluate | train-tiny | train-lora |
-train-embedding | train-inpainting | train-controlnet` (or `python -m minisd ...`)."""
+"""Command line: `minisd setup | convert | generate | evaluate | evaluate-fid | train-tiny | train-lora |
+train-embedding | train-inpainting | train-controlnet | train-clip` (or `python -m minisd ...`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from minisd.cli_checks import (
     prog_name,
     report_errors,
     seed,
+    training_device,
     undo_upscale,
     unit_float,
 )
+from minisd.cli_clip import add_evaluate_fid, add_train_clip
 from minisd.cli_controlnet import add_train_controlnet, control_inputs, control_options
 from minisd.cli_inpainting import add_train_inpainting
 
@@ -183,10 +185,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
-    import torch
-
-    from minisd.device import get_device
-    from minisd.errors import UserError
     from minisd.loading.assets import cache_dir
     from minisd.loading.files import check_destination
     from minisd.models.tokenizer import CLIPTokenizer
@@ -198,14 +196,9 @@ def cmd_train_tiny(args: argparse.Namespace) -> None:
     # before training: the folder can be written (a model folder is replaced), the vocabulary reads
     check_destination(folder, overwrite=True, is_folder=True)
     CLIPTokenizer()
-    device = get_device() if args.device == "auto" else args.device
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise UserError(
-            f"--device {device!r}: not a device torch knows; use cpu, cuda, mps or auto"
-        ) from None
+    device = training_device(args.device)
     kwargs = {"vae_steps": 40, "steps": 200} if args.fast else {}
+    kwargs["caption_dropout"] = args.caption_dropout
     result = train_tiny_model(folder, checkpoint_dir=args.checkpoint_dir, device=device, **kwargs)
     print(f"wrote {folder}: final loss {sum(result['losses'][-100:]) / len(result['losses'][-100:]):.4f}")
     print(f"try it: python -m minisd evaluate --weights {folder}")
@@ -358,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fast", action="store_true", help="a few hundred steps, to try the recipe")
     p.add_argument(
+        "--caption-dropout", type=unit_float, default=0.1, help="share of captions trained as '' (for CFG)"
+    )
+    p.add_argument(
         "--checkpoint-dir", help="where to keep checkpoints; rerun to resume (default under ~/.cache/minisd)"
     )
     p.add_argument(
@@ -384,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_lora)
     add_train_inpainting(add)
     add_train_controlnet(add)
+    add_train_clip(add)
+    add_evaluate_fid(add, weights_options, _load_pipeline)
     return parser
 
 

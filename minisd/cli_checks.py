@@ -90,6 +90,24 @@ def seed(text: str) -> int:
     return value
 
 
+def training_device(name: str):
+    """A train command's --device: "auto" is the best one here (`get_device`), any other a name torch
+    knows (cpu, cuda, cuda:1, mps), or a UserError."""
+    import torch
+
+    from minisd.device import get_device
+    from minisd.errors import UserError
+
+    device = get_device() if name == "auto" else name
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UserError(
+            f"--device {device!r}: not a device torch knows; use cpu, cuda, mps or auto"
+        ) from None
+    return device
+
+
 def check_image_path(path: str | Path, overwrite: bool = True) -> str:
     """The PIL format to save `path` in; its folder must exist, its extension be one PIL writes, and
     an existing file is refused unless `overwrite`."""

@@ -243,6 +243,11 @@ def test_train_tiny_checks_before_training(tmp_path, capsys, monkeypatch):
         capsys,
         "--device 'gpu9': not a device",
     )
+    fails(
+        ["train-tiny", "--caption-dropout", "1.5"],
+        capsys,
+        "argument --caption-dropout: must be between 0 and 1",
+    )
     monkeypatch.delenv("MINISD_CLIP_BPE", raising=False)
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "empty_cache"))
     fails(["train-tiny", "--output", str(tmp_path / "mine")], capsys, "CLIP's BPE vocabulary was not found")

@@ -1,5 +1,6 @@
 """The tiny CLIP's training loop (a few steps, resumable), its loss, and zero-shot classification."""
 
+import dataclasses
 import random
 
 import pytest
@@ -24,6 +25,15 @@ def test_loss_is_clips_when_captions_differ_and_counts_duplicates_as_matches():
     assert contrastive_loss_with_duplicates(alike, ["a", "a", "c", "d"]) < contrastive_loss_with_duplicates(
         torch.eye(4) * 5, ["a", "a", "c", "d"]
     )
+    # a negative competes for the pictures only; one equal to a caption is a match for that caption's picture
+    base = torch.eye(2) * 5
+    fits, misleads = (torch.cat([base, torch.tensor([row])]) for row in ([0.0, 5.0], [5.0, 0.0]))
+    loss = lambda logits: contrastive_loss_with_duplicates(logits, ["a", "b"], ["b"])  # noqa: E731
+    assert loss(fits) < loss(misleads)
+    unrelated = contrastive_loss_with_duplicates(
+        torch.cat([base, torch.tensor([[5.0, 5.0]])]), ["a", "b"], ["z"]
+    )
+    assert unrelated > contrastive_loss_with_duplicates(base, ["a", "b"])
 
 
 def test_training_runs_resumes_and_lowers_the_loss(tmp_path):
@@ -41,11 +51,11 @@ def test_training_runs_resumes_and_lowers_the_loss(tmp_path):
 
     calls = []
 
-    def failing_tokenizer(captions):
+    def failing_tokenizer(captions, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             raise Interrupted
-        return tokenizer(captions)
+        return tokenizer(captions, **kwargs)
 
     again = CLIPModel.from_config(TINY_CLIP_CONFIG)
     again.load_state_dict(start)
@@ -112,3 +122,36 @@ def test_zero_shot_accuracy_of_a_perfect_and_a_random_model():
     untrained = CLIPModel.from_config(TINY_CLIP_CONFIG).eval()
     chance = zero_shot_accuracy(untrained, CLIPTokenizer(), scenes, lambda x: clip_preprocess(x, 32))
     assert chance["shape"][0] < 0.9  # an untrained model does not know the shapes
+
+
+def test_hard_negatives_change_one_thing_and_never_name_a_held_out_pair():
+    from minisd.shapes import HELD_OUT
+    from minisd.training.clip import hard_negatives
+
+    for i in range(60):
+        scene = random_scene(random.Random(i))
+        negatives = hard_negatives([scene], random.Random(i))
+        assert len(negatives) == 1 + (scene.relation is not None) and scene.caption not in negatives
+        assert not any(f"{c} {s}" in n for n in negatives for c, s in HELD_OUT)
+        words, changed = scene.caption.split(), negatives[0].split()  # another shape for one object
+        diff = [(a, b) for a, b in zip(words, changed, strict=True) if a != b]
+        assert len(diff) == 1 and {w.rstrip("s") for w in diff[0]} <= set(SHAPES), diff
+        if scene.relation:  # another relation word, the objects unchanged
+            others = {
+                dataclasses.replace(scene, relation=r).caption for r in RELATIONS if r != scene.relation
+            }
+            assert negatives[1] in others
+
+
+def test_a_caption_reads_the_same_at_32_tokens_as_at_77():
+    """Training tokenizes to TEXT_LENGTH: the causal mask keeps the pooled EOT state unchanged."""
+    from minisd.training.clip import TEXT_LENGTH
+
+    torch.manual_seed(0)
+    model = CLIPModel.from_config(TINY_CLIP_CONFIG).eval()
+    tokenizer = CLIPTokenizer()
+    captions = [random_scene(random.Random(i)).caption for i in range(8)]
+    with torch.no_grad():
+        short = model.get_text_features(tokenizer(captions, max_length=TEXT_LENGTH)).pooler_output
+        full = model.get_text_features(tokenizer(captions)).pooler_output
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)

@@ -93,11 +93,12 @@ def test_cli_train_tiny_writes_to_the_cache_unless_told(monkeypatch, tmp_path):
     monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))  # the CLI reads it before training
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
     main(["train-tiny", "--fast"])
-    main(["train-tiny", "--output", str(tmp_path / "mine"), "--device", "auto"])
+    main(["train-tiny", "--output", str(tmp_path / "mine"), "--device", "auto", "--caption-dropout", "0.5"])
     main(["train-tiny", "--output", str(TINY_MODEL)])
     (default, kw_default), (mine, kw_mine), (packaged, _) = calls
     assert default == tmp_path / "cache" / "tiny_shapes" and kw_default["device"] == "cpu"
     assert kw_default["steps"] == 200 and kw_default["checkpoint_dir"] is None
+    assert kw_default["caption_dropout"] == 0.1 and kw_mine["caption_dropout"] == 0.5
     assert mine == tmp_path / "mine" and kw_mine["device"] == get_device()
     assert packaged == TINY_MODEL  # replacing the packaged model takes an explicit --output
 

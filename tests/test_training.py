@@ -145,10 +145,19 @@ def test_train_tiny_model_writes_the_model_and_its_log(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))  # the vocabulary stays where it is
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
+    import minisd.training.tiny
+
+    seen = []
+    real = minisd.training.tiny.train_text_to_image
+    spy = lambda *a, **kw: seen.append(kw["caption_dropout"]) or real(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(minisd.training.tiny, "train_text_to_image", spy)
     folder = tmp_path / "model"
-    log = train_tiny_model(folder, vae_steps=2, steps=2, batch_size=4, num_scenes=40, progress=False)
+    log = train_tiny_model(
+        folder, vae_steps=2, steps=2, batch_size=4, num_scenes=40, caption_dropout=0.5, progress=False
+    )
     assert json.loads((folder / "training_log.json").read_text()) == log
     assert len(log["vae_losses"]) == len(log["losses"]) == 2 and log["recipe"]["grounding_weight"] == 0.3
+    assert seen == [0.5] and log["recipe"]["caption_dropout"] == 0.5
     assert (default_checkpoint_dir(folder) / "training_state.pt").is_file()
     assert not (folder / "checkpoints").exists()
     assert StableDiffusionPipeline.from_pretrained(folder, device="cpu").mask_text_padding

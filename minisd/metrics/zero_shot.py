@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from minisd.shapes import COLORS, RELATIONS, SHAPES, ShapeScene, render_scene
+from minisd.metrics.clip_score import clip_preprocess
+from minisd.models.tokenizer import CLIPTokenizer
+from minisd.shapes import COLORS, RELATIONS, SHAPES, ShapeScene, ShapesDataset, render_scene
 
 ATTRIBUTES = ("color", "shape", "background", "relation")
 
@@ -75,3 +77,32 @@ def zero_shot_accuracy(
         ]
         result[attribute] = (sum(wins) / len(wins) if wins else float("nan"), len(wins))
     return result
+
+
+def shapes_zero_shot(
+    clip_model: torch.nn.Module, num_scenes: int = 500, seed: int = 1
+) -> dict[str, dict[str, tuple[float, int]]]:
+    """Zero-shot accuracy of a shapes-world CLIP (the tiny one, `minisd.training.clip`) on
+    `num_scenes` scenes of each split: "heldout" (the first object is a HELD_OUT colour-shape pair,
+    never seen in training) and "train" (only pairs seen in training), per attribute."""
+    tokenizer, size = CLIPTokenizer(), clip_model.vision_model.embeddings.image_size
+    return {
+        split: zero_shot_accuracy(
+            clip_model,
+            tokenizer,
+            [data.scene(i) for i in range(num_scenes)],
+            lambda x: clip_preprocess(x, size),
+            size,
+        )
+        for split in ("heldout", "train")
+        for data in [ShapesDataset(num_scenes, seed=seed, split=split)]
+    }
+
+
+def format_zero_shot(result: dict[str, dict[str, tuple[float, int]]]) -> str:
+    """`shapes_zero_shot`'s result as a small table: one row per split, one column per attribute."""
+    lines = ["scenes        " + "  ".join(f"{a:>10}" for a in ATTRIBUTES)]
+    for split, accuracies in result.items():
+        label = {"heldout": "held-out pairs", "train": "training pairs"}.get(split, split)
+        lines.append(f"{label:14}" + "  ".join(f"{accuracies[a][0]:10.1%}" for a in ATTRIBUTES))
+    return "\n".join(lines)

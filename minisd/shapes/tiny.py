@@ -47,6 +47,20 @@ def tiny_controlnet_path() -> Path:
     return TINY_CONTROLNET
 
 
+TINY_CLIP = Path(__file__).parent / "weights" / "tiny_clip"  # chapter 12: FID features and CLIP score
+
+
+def tiny_clip_path() -> Path:
+    """The packaged tiny CLIP of the shapes world (fp16 on disk): `CLIPModel.from_pretrained(
+    tiny_clip_path(), dtype=torch.float32)`, with `CLIPTokenizer()`."""
+    if not (TINY_CLIP / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged tiny CLIP is missing from {TINY_CLIP}; train it again with "
+            f"`python -m minisd train-clip {TINY_CLIP}` (about 25 minutes on one CPU core)"
+        )
+    return TINY_CLIP
+
+
 TINY_CONFIGS: dict[str, dict] = {
     "text_encoder": {
         "hidden_size": 64,

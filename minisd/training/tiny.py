@@ -38,6 +38,7 @@ def train_tiny_model(
     mask_text_padding: bool = True,
     grounding_weight: float = 0.3,
     ground_relation: bool = True,
+    caption_dropout: float = 0.1,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -47,7 +48,8 @@ def train_tiny_model(
     `novel_color_scenes` objects in colours no caption names (NOVEL_COLORS): an image codec should
     reproduce any colour, so that a later adapter (LoRA, textual inversion) can teach the UNet one.
     Checkpoints go to `checkpoint_dir` (default: one folder per output folder under
-    `~/.cache/minisd/checkpoints`); running again with the same directory resumes. Returns the loss
+    `~/.cache/minisd/checkpoints`); running again with the same directory resumes. `caption_dropout`
+    is the share of captions replaced by "" in training, what classifier-free guidance needs. Returns the loss
     histories and the scaling factor, which are also written, with the recipe and the seconds this
     call took, to `folder/training_log.json`.
     Training runs on `device`: the CPU by default, where the packaged model is reproduced bit for
@@ -79,7 +81,7 @@ def train_tiny_model(
     result = train_text_to_image(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size,
         checkpoint_dir=checkpoint_dir, mask_text_padding=mask_text_padding, grounding_weight=grounding_weight,
-        ground_relation=ground_relation, progress=progress, device=device,
+        ground_relation=ground_relation, caption_dropout=caption_dropout, progress=progress, device=device,
     )  # fmt: skip
     save_model(
         folder, result["unet"], result["text_encoder"], vae, tokenizer, mask_text_padding=mask_text_padding
@@ -97,6 +99,7 @@ def train_tiny_model(
             "mask_text_padding": mask_text_padding,
             "grounding_weight": grounding_weight,
             "ground_relation": ground_relation,
+            "caption_dropout": caption_dropout,
         },
         "scaling_factor": vae.scaling_factor,
         "vae_losses": [round(x, 5) for x in vae_losses],
