@@ -1,4 +1,4 @@
-"""The command line's measuring tools (chapter 12): `train-clip OUT` trains the shapes world's tiny
+"""The command line's measuring tools: `train-clip OUT` trains the shapes world's tiny
 CLIP, `evaluate-fid` sweeps the guidance scale and reports FID and CLIP score under it."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def add_train_clip(add: Callable[..., argparse.ArgumentParser]) -> None:
     """The train-clip subcommand (`add(name, help=...)` makes a subparser)."""
     p = add(
         "train-clip",
-        help="train the shapes world's tiny CLIP, contrastively (chapter 12)",
+        help="train the shapes world's tiny CLIP, contrastively",
         description="Train a tiny CLIP (two 64-wide towers) on captioned training scenes, save it in "
         "transformers' layout (fp16), and measure its zero-shot accuracy on held-out colour-shape pairs "
         "(about 25 minutes on one CPU core). "
@@ -108,7 +108,7 @@ def add_evaluate_fid(
     loads the model they name (both from the main command line)."""
     p = add(
         "evaluate-fid",
-        help="FID and CLIP score of the tiny model vs guidance, under the tiny CLIP (chapter 12)",
+        help="FID and CLIP score of the tiny model vs guidance, under the tiny CLIP",
         description="For each guidance scale, draw --samples pictures from held-out captions, then compute "
         "FID (tiny-CLIP image features, against as many other held-out scenes rendered) and CLIP score (tiny "
         "CLIP); 'real' is a perfect model, the captions' own scenes rendered. 1000 pictures take about 2 "

@@ -1,4 +1,4 @@
-"""Chapter 12's exercise checkers pass a correct answer and fail known-wrong ones."""
+"""The measuring exercises' checkers pass a correct answer and fail known-wrong ones."""
 
 import torch
 import torch.nn.functional as F

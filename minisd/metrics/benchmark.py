@@ -1,4 +1,4 @@
-"""A miniature DrawBench for the shapes world (chapter 12): a fixed list of prompts by category,
+"""A miniature DrawBench for the shapes world: a fixed list of prompts by category,
 each drawn several times and scored automatically, by the shapes reader (did the picture do what the
 caption says?) and by a CLIP model (CLIP score).
 

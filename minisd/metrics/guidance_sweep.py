@@ -1,5 +1,4 @@
-"""FID and CLIP score against the guidance scale: the field's trade-off curve, on the tiny model
-(chapter 12).
+"""FID and CLIP score against the guidance scale: the field's trade-off curve, on the tiny model.
 
 For each guidance scale, the model draws one picture for each of N held-out captions (colour-shape
 pairs it never saw). FID compares the tiny CLIP's image features of those pictures with those of N

@@ -47,7 +47,7 @@ def tiny_controlnet_path() -> Path:
     return TINY_CONTROLNET
 
 
-TINY_CLIP = Path(__file__).parent / "weights" / "tiny_clip"  # chapter 12: FID features and CLIP score
+TINY_CLIP = Path(__file__).parent / "weights" / "tiny_clip"  # FID's features and CLIP score
 
 
 def tiny_clip_path() -> Path:

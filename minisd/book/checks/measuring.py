@@ -1,6 +1,6 @@
-"""Checkers for chapter 12's exercises: CLIP's contrastive loss when captions repeat, a convolution's
-patches as a matrix product, and CLIP score from feature vectors; each graded against the package
-(`contrastive_loss_with_duplicates`, `CLIPVisionEmbeddings.patch_embedding`, `clip_score`'s formula)."""
+"""Checkers for the exercises on measuring a model: CLIP's contrastive loss when captions repeat, a
+convolution's patches as a matrix product, and CLIP score from feature vectors; each graded against the
+package (`contrastive_loss_with_duplicates`, `CLIPVisionEmbeddings.patch_embedding`, `clip_score`)."""
 
 from __future__ import annotations
 
