@@ -9,6 +9,7 @@ weights, which no machine here has) or says it needs a GPU (CI machines have non
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -62,3 +63,18 @@ def relative_max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a - b| / max|b|: the parity measure the issues name."""
     a, b = a.detach().double(), b.detach().double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def cli_fails(argv: list[str], capsys, *words: str) -> str:
+    """Run the CLI expecting a user error: exit status 2, one message naming each of `words` (regular
+    expressions), no traceback; returns the message."""
+    from minisd.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and re.search(r"^minisd \S+: error: ", err, re.M), err
+    for w in words:
+        assert re.search(w, err), f"{w!r} not in {err!r}"
+    return err

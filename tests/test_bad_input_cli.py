@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_fails as fails
 
 import minisd.training
 from minisd.__main__ import build_parser, main
@@ -23,18 +23,6 @@ from minisd.shapes import tiny_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red circle on a blue background"
-
-
-def fails(argv: list[str], capsys, *words: str) -> str:
-    """Run the CLI expecting a user error: exit status 2, one message, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert "Traceback" not in err and re.search(r"^minisd \S+: error: ", err, re.M), err
-    for w in words:
-        assert re.search(w, err), f"{w!r} not in {err!r}"
-    return err
 
 
 @pytest.fixture

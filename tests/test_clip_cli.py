@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from conftest import cli_fails as fails
 from safetensors import safe_open
 
 import minisd.training.clip
@@ -18,18 +19,6 @@ from minisd.metrics.zero_shot import ATTRIBUTES
 from minisd.models.clip_vision import CLIPModel
 from minisd.pipelines import StableDiffusionPipeline
 from minisd.shapes import tiny_clip_path
-
-
-def fails(argv: list[str], capsys, *words: str) -> str:
-    """Run the CLI expecting a user error: exit status 2, one line, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert "Traceback" not in err and re.search(r"^minisd \S+: error: ", err, re.M), err
-    for w in words:
-        assert re.search(w, err), f"{w!r} not in {err!r}"
-    return err
 
 
 def test_train_clip_writes_the_model_its_log_and_zero_shot_accuracy(tmp_path, capsys, monkeypatch):
