@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from minisd.metrics.clip_score import clip_preprocess, clip_similarities
+from minisd.metrics.clip_score import clip_preprocess, clip_score
 from minisd.models.tokenizer import CLIPTokenizer
 from minisd.shapes import Shape, ShapeScene, score_image
 
@@ -91,14 +91,15 @@ def run_benchmark(
         pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         drawn = [s for s in scenes for _ in range(samples_per_prompt)]
         checks = [score_image(p, s) for p, s in zip(pixels, drawn, strict=True)]
-        cos = clip_similarities(images, prompts, clip_model, tokenizer, lambda x: clip_preprocess(x, size))
         rows.append(
             {
                 "category": category,
                 "prompts": len(scenes),
                 "reader": float(np.mean([np.mean(list(c.values())) for c in checks])),
                 "all right": float(np.mean([all(c.values()) for c in checks])),
-                "clip_score": float((100 * cos).clamp(min=0).mean()),
+                "clip_score": clip_score(
+                    images, prompts, clip_model, tokenizer, lambda x: clip_preprocess(x, size)
+                ),
             }
         )
     return rows
