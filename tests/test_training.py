@@ -163,6 +163,23 @@ def test_train_tiny_model_writes_the_model_and_its_log(tmp_path, monkeypatch):
     assert StableDiffusionPipeline.from_pretrained(folder, device="cpu").mask_text_padding
 
 
+def test_run_resumed_after_the_autoencoder_equals_uninterrupted(tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from minisd.loading.assets import find_clip_bpe
+
+    monkeypatch.setenv("MINISD_CLIP_BPE", str(find_clip_bpe()))
+    kw = dict(vae_steps=2, steps=2, batch_size=4, num_scenes=40, progress=False)
+    train_tiny_model(tmp_path / "a", checkpoint_dir=tmp_path / "ckpt_a", **kw)
+    shutil.copytree(tmp_path / "ckpt_a" / "vae", tmp_path / "ckpt_b" / "vae")  # stopped after the autoencoder
+    train_tiny_model(tmp_path / "b", checkpoint_dir=tmp_path / "ckpt_b", **kw)
+    for part in ("unet", "text_encoder"):
+        a, b = (load_file(next((tmp_path / run / part).glob("*.safetensors"))) for run in "ab")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
 def test_checkpoints_stay_out_of_the_output_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MINISD_CACHE", str(tmp_path / "cache"))
     a, b = default_checkpoint_dir(tmp_path / "x" / "model"), default_checkpoint_dir(tmp_path / "y" / "model")

@@ -15,6 +15,7 @@ from minisd.loading.assets import cache_dir
 from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
 from minisd.shapes import NOVEL_COLORS, TINY_CONFIGS, ShapesDataset, novel_scene
 from minisd.training.autoencoder import latent_scaling_factor, train_autoencoder
+from minisd.training.checkpoints import load_state, save_state
 from minisd.training.data import RenderedDataset, SceneList
 from minisd.training.text_to_image import save_model, train_text_to_image
 
@@ -64,6 +65,8 @@ def train_tiny_model(
     if (vae_dir / "config.json").is_file():
         vae = AutoencoderKL.from_pretrained(vae_dir)
         vae_losses = json.loads((vae_dir / "losses.json").read_text())
+        if (saved := load_state(vae_dir / "rng_state.pt")) is not None:
+            torch.set_rng_state(saved["torch"])  # the UNet starts as in an uninterrupted run
     else:
         rng = random.Random(seed)
         novel = [novel_scene(rng, rng.choice(sorted(NOVEL_COLORS))) for _ in range(novel_color_scenes)]
@@ -75,6 +78,7 @@ def train_tiny_model(
         vae.scaling_factor = latent_scaling_factor(vae.eval(), dataset)
         vae.save_pretrained(vae_dir)
         (vae_dir / "losses.json").write_text(json.dumps(vae_losses))
+        save_state(vae_dir / "rng_state.pt", {"torch": torch.get_rng_state()})
     unet = UNet2DConditionModel.from_config(TINY_CONFIGS["unet"])
     text_encoder = CLIPTextModel.from_config(TINY_CONFIGS["text_encoder"])
     tokenizer = CLIPTokenizer()
