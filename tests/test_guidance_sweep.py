@@ -124,6 +124,9 @@ def test_table_and_plot():
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert labels == ["w=1", "w=7.5"]
     assert fig.axes[0].get_xlabel().startswith("CLIP score") and fig.axes[0].get_ylabel().startswith("FID")
+    several = plot_sweep({"0% dropout": rows, "50% dropout": rows[:1]}).axes[0]
+    assert [t.get_text() for t in several.get_legend().get_texts()] == ["0% dropout", "50% dropout"]
+    assert [len(line.get_xdata()) for line in several.lines] == [2, 1]
 
 
 def test_missing_packaged_clip_says_how_to_train_it(monkeypatch, tmp_path):

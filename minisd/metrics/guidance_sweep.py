@@ -164,25 +164,29 @@ def format_sweep(rows: list[dict], reference: dict[str, float] | None = None) ->
     return "\n".join(lines)
 
 
-def plot_sweep(rows: list[dict], reference: dict[str, float] | None = None):
-    """FID against CLIP score, one labelled point per guidance scale (and a star for real pictures)."""
+def plot_sweep(rows: list[dict] | dict[str, list[dict]], reference: dict[str, float] | None = None):
+    """FID against CLIP score, one labelled point per guidance scale (and a star for real pictures).
+
+    `rows` is one sweep, or several by name ({"10% dropout": rows, ...}), drawn as one curve each.
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot([r["clip_score"] for r in rows], [r["fid"] for r in rows], "o-", color="C0")
-    for r in rows:
-        ax.annotate(
-            f"w={r['guidance_scale']:g}",
-            (r["clip_score"], r["fid"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-        )
+    sweeps = rows if isinstance(rows, dict) else {"": rows}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8) if len(sweeps) == 1 else (7, 4.5))
+    for k, (name, sweep) in enumerate(sweeps.items()):
+        x, y = [r["clip_score"] for r in sweep], [r["fid"] for r in sweep]
+        ax.plot(x, y, "o-", color=f"C{k}", label=name or None)
+        for r in sweep:
+            ax.annotate(f"w={r['guidance_scale']:g}", (r["clip_score"], r["fid"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8, color=f"C{k}")  # fmt: skip
     if reference:
         ax.plot(
             reference["clip_score"], reference["fid"], "*", color="C3", markersize=12, label="real pictures"
         )
+    if reference or len(sweeps) > 1:
         ax.legend()
     ax.set(xlabel="CLIP score (tiny CLIP)", ylabel="FID (tiny-CLIP features)")
-    ax.set_title(f"one point per guidance scale, {rows[0]['samples']} samples each")
+    samples = next(iter(sweeps.values()))[0]["samples"]
+    ax.set_title(f"one point per guidance scale, {samples} samples each")
     fig.tight_layout()
     return fig
