@@ -1,5 +1,5 @@
-"""Command line: `minisd setup | convert | generate | evaluate | evaluate-fid | train-tiny | train-lora |
-train-embedding | train-inpainting | train-controlnet | train-clip` (or `python -m minisd ...`)."""
+"""Command line: `minisd setup | convert | generate | evaluate [--fid --clip-score] | train-tiny |
+train-lora | train-embedding | train-inpainting | train-controlnet | train-clip` (`python -m minisd ...`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from minisd.cli_checks import (
     undo_upscale,
     unit_float,
 )
-from minisd.cli_clip import add_evaluate_fid, add_train_clip
+from minisd.cli_clip import add_train_clip
 from minisd.cli_controlnet import add_train_controlnet, control_inputs, control_options
+from minisd.cli_evaluate import add_evaluate
 from minisd.cli_inpainting import add_train_inpainting
 
 SD_SAMPLING = {"steps": 50, "guidance": 7.5, "scheduler": "pndm", "height": 512, "width": 512, "upscale": 1}
@@ -153,35 +154,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     with atomic_path(args.output) as tmp:  # a full disk leaves no partial picture
         image.save(tmp, format=image_format)
     print(f"wrote {args.output} ({image.width}x{image.height})")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from minisd.loading.files import atomic_path
-    from minisd.metrics import attention_binding, evaluate_adherence, format_rows, plot_rows, relation_control
-
-    plot_format = check_image_path(args.plot) if args.plot else None
-    pipe = _load_pipeline(args)
-    rows = evaluate_adherence(
-        pipe, args.guidance, num_prompts=args.prompts, samples_per_prompt=args.samples,
-        num_inference_steps=args.steps, seed=args.seed,
-    )  # fmt: skip
-    print(format_rows(rows))
-    control = relation_control(pipe, num_scenes=args.prompts, seed=args.seed)
-    print(
-        f"relation word: a held-out caption shows its relation in {control['relation']:.0%}, its twin "
-        f"with the opposite word the reversed one in {control['reversed']:.0%} (both {control['both']:.0%}); "
-        f"the two pictures differ by {control['changed']:.3f} on average (0 = the word is ignored)"
-    )
-    binding = attention_binding(pipe, num_scenes=args.prompts, seed=args.seed)
-    print(
-        f"cross-attention: a colour or shape word is read more on its own object than on the other in "
-        f"{binding['binding']:.0%} of cases (0.5 = chance), {binding['contrast']:.2f}x as much; "
-        f"{binding['word_share']:.0%} of the attention goes to the words"
-    )
-    if args.plot:
-        with atomic_path(args.plot) as tmp:
-            plot_rows(rows).savefig(tmp, format=plot_format.lower(), dpi=100, bbox_inches="tight")
-        print(f"wrote {args.plot}")
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> None:
@@ -328,21 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     control_options(p)
     weights_options(p)
     p.set_defaults(func=cmd_generate)
-    p = add("evaluate", help="prompt adherence on held-out captions vs guidance (tiny model)")
-    p.add_argument(
-        "--guidance",
-        type=finite_float,
-        nargs="+",
-        default=[1.0, 2.0, 3.0, 5.0, 7.5],
-        help="guidance scales to compare (default 1 2 3 5 7.5)",
-    )
-    p.add_argument("--prompts", type=positive_int, default=48, help="held-out captions")
-    p.add_argument("--samples", type=positive_int, default=4, help="images per caption (diversity needs 2+)")
-    p.add_argument("--steps", type=positive_int, default=25, help="denoising steps per picture (default 25)")
-    p.add_argument("--seed", type=seed, default=0, help="random seed of the captions and the noise")
-    p.add_argument("--plot", help="also save adherence and diversity against guidance as a PNG")
-    weights_options(p)
-    p.set_defaults(func=cmd_evaluate)
+    add_evaluate(add, weights_options, _load_pipeline)
     p = add("train-tiny", help="train the tiny shapes model on the CPU (chapter 07)")
     p.add_argument(
         "--output",
@@ -381,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_inpainting(add)
     add_train_controlnet(add)
     add_train_clip(add)
-    add_evaluate_fid(add, weights_options, _load_pipeline)
     return parser
 
 

@@ -1,5 +1,5 @@
-"""FID and CLIP score against guidance (the sweep behind `evaluate-fid`), and the packaged tiny CLIP
-they are measured with: its zero-shot accuracy, and whether its two numbers tell real from wrong."""
+"""FID and CLIP score against guidance (the sweep behind `evaluate --fid --clip-score`), and the packaged
+tiny CLIP they are measured with: its zero-shot accuracy, and whether its two numbers tell real from wrong."""
 
 import matplotlib
 import numpy as np
