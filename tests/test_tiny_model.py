@@ -7,7 +7,7 @@ from PIL import Image
 from minisd.__main__ import main
 from minisd.metrics import attention_binding, evaluate_adherence, relation_control
 from minisd.pipelines import StableDiffusionPipeline
-from minisd.shapes import TINY_SAMPLING, tiny_model_path
+from minisd.shapes import CAPTION_DROPOUTS, TINY_SAMPLING, tiny_model_path
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,9 @@ def pipe():
     return StableDiffusionPipeline.from_pretrained(tiny_model_path(), device="cpu")
 
 
-def test_packaged_model_is_small_and_in_the_official_layout():
-    folder = tiny_model_path()
+@pytest.mark.parametrize("caption_dropout", CAPTION_DROPOUTS)
+def test_packaged_model_is_small_and_in_the_official_layout(caption_dropout):
+    folder = tiny_model_path(caption_dropout)
     for part in ("unet", "vae", "text_encoder"):
         assert (folder / part / "config.json").is_file()
         assert (folder / part / next(p.name for p in (folder / part).glob("*.safetensors"))).is_file()
@@ -77,6 +78,30 @@ def test_missing_packaged_model_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(minisd.shapes.tiny, "TINY_MODEL", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="train-tiny"):
         tiny_model_path()
+
+
+def test_caption_dropout_siblings_share_the_recipe_and_the_autoencoder():
+    import json
+
+    base = tiny_model_path()
+    base_recipe = json.loads((base / "training_log.json").read_text())["recipe"]
+    for p in (0.0, 0.5):
+        folder = tiny_model_path(caption_dropout=p)
+        recipe = json.loads((folder / "training_log.json").read_text())["recipe"]
+        assert recipe.pop("caption_dropout") == p and recipe == base_recipe
+        for part in ("vae/diffusion_pytorch_model.safetensors", "vae/config.json", "tokenizer/vocab.json"):
+            assert (folder / part).read_bytes() == (base / part).read_bytes(), part
+        assert StableDiffusionPipeline.from_pretrained(folder, device="cpu").mask_text_padding
+
+
+def test_unknown_caption_dropout_names_the_packaged_ones(monkeypatch, tmp_path):
+    import minisd.shapes.tiny
+
+    with pytest.raises(ValueError, match=r"0, 0.1, 0.5.*--caption-dropout 0.3"):
+        tiny_model_path(caption_dropout=0.3)
+    monkeypatch.setattr(minisd.shapes.tiny, "TINY_MODEL", tmp_path / "tiny_shapes")
+    with pytest.raises(FileNotFoundError, match="tiny_shapes_dropout50.*--caption-dropout 0.5"):
+        tiny_model_path(caption_dropout=0.5)
 
 
 def test_cli_train_tiny_writes_to_the_cache_unless_told(monkeypatch, tmp_path):

@@ -32,6 +32,7 @@ from minisd.shapes.scenes import (
     unknown_words,
 )
 from minisd.shapes.tiny import (
+    CAPTION_DROPOUTS,
     TINY_CLIP,
     TINY_CONFIGS,
     TINY_CONTROLNET,
@@ -45,6 +46,7 @@ from minisd.shapes.tiny import (
 )
 
 __all__ = [
+    "CAPTION_DROPOUTS",
     "COLORS",
     "CONDITIONS",
     "HELD_OUT",

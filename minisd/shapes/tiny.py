@@ -11,15 +11,32 @@ TINY_MODEL = Path(__file__).parent / "weights" / "tiny_shapes"  # diffusers layo
 TINY_INPAINT_UNET = Path(__file__).parent / "weights" / "tiny_shapes_inpaint" / "unet"
 
 
-def tiny_model_path() -> Path:
-    """The packaged tiny text-to-image model (the default of `python -m minisd generate`)."""
-    if not (TINY_MODEL / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the packaged tiny model is missing from {TINY_MODEL}; train it again with "
-            f"`python -m minisd train-tiny --output {TINY_MODEL}` (about 90 minutes on 2 CPU cores), "
-            "or pass --weights"
+# the same recipe with another share of captions dropped (the guidance trade-off of chapter 12)
+CAPTION_DROPOUTS = (0.0, 0.1, 0.5)
+
+
+def tiny_model_path(caption_dropout: float = 0.1) -> Path:
+    """The packaged tiny text-to-image model (the default of `python -m minisd generate`), trained with
+    10% of its captions dropped; `caption_dropout` 0.0 or 0.5 gives its two siblings, the same recipe
+    with no caption or half of them dropped."""
+    if caption_dropout not in CAPTION_DROPOUTS:
+        raise ValueError(
+            f"caption_dropout={caption_dropout}: the packaged tiny models were trained with "
+            f"{', '.join(f'{p:g}' for p in CAPTION_DROPOUTS)}; train another with "
+            f"`python -m minisd train-tiny --caption-dropout {caption_dropout} --output DIR`"
         )
-    return TINY_MODEL
+    folder = (
+        TINY_MODEL
+        if caption_dropout == 0.1
+        else TINY_MODEL.parent / f"tiny_shapes_dropout{caption_dropout * 100:.0f}"
+    )
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged tiny model is missing from {folder}; train it again with `python -m minisd "
+            f"train-tiny --caption-dropout {caption_dropout:g} --output {folder}` (about 90 minutes on 2 CPU "
+            "cores), or pass --weights"
+        )
+    return folder
 
 
 def tiny_inpaint_unet_path() -> Path:
