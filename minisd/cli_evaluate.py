@@ -21,10 +21,18 @@ def _fill_defaults(args: argparse.Namespace, defaults: dict) -> None:
             setattr(args, name, value)
 
 
+def _write_figure(fig, path: str, image_format: str) -> None:
+    """Save a matplotlib figure to `path` (checked beforehand by `check_image_path`), atomically."""
+    from minisd.loading.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=image_format.lower(), dpi=100, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
 def cmd_evaluate(args: argparse.Namespace, load_pipeline: Callable) -> None:
     """Adherence per guidance scale (the shapes reader), or the FID/CLIP-score sweep with either flag."""
     from minisd.errors import UserError
-    from minisd.loading.files import atomic_path
     from minisd.metrics import attention_binding, evaluate_adherence, format_rows, plot_rows, relation_control
 
     if args.fid or args.clip_score:
@@ -55,9 +63,7 @@ def cmd_evaluate(args: argparse.Namespace, load_pipeline: Callable) -> None:
         f"{binding['word_share']:.0%} of the attention goes to the words"
     )
     if args.plot:
-        with atomic_path(args.plot) as tmp:
-            plot_rows(rows).savefig(tmp, format=plot_format.lower(), dpi=100, bbox_inches="tight")
-        print(f"wrote {args.plot}")
+        _write_figure(plot_rows(rows), args.plot, plot_format)
 
 
 def cmd_evaluate_sweep(args: argparse.Namespace, load_pipeline: Callable) -> None:
@@ -86,8 +92,8 @@ def cmd_evaluate_sweep(args: argparse.Namespace, load_pipeline: Callable) -> Non
             f"--samples {args.samples}: the FID/CLIP-score sweep draws one picture per held-out caption; "
             "set the pictures per guidance scale with --prompts"
         )
-    defaults = {"guidance": list(GUIDANCE_SCALES), "prompts": 1000, "steps": 20}
-    _fill_defaults(args, {**defaults, "scheduler": "ddim", "batch_size": 250})
+    sweep_defaults = {"guidance": list(GUIDANCE_SCALES), "prompts": 1000, "steps": 20}
+    _fill_defaults(args, {**sweep_defaults, "scheduler": "ddim", "batch_size": 250})
     plot_format = check_image_path(args.plot) if args.plot else None
     if args.json:
         check_destination(Path(args.json), overwrite=True)
@@ -114,9 +120,7 @@ def cmd_evaluate_sweep(args: argparse.Namespace, load_pipeline: Callable) -> Non
             Path(tmp).write_text(json.dumps({"rows": rows, "real": reference}, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        with atomic_path(args.plot) as tmp:
-            plot_sweep(rows, reference).savefig(tmp, format=plot_format.lower(), dpi=100, bbox_inches="tight")
-        print(f"wrote {args.plot}")
+        _write_figure(plot_sweep(rows, reference), args.plot, plot_format)
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
