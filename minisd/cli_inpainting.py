@@ -19,6 +19,8 @@ def add_train_inpainting(add: Callable[..., argparse.ArgumentParser]) -> None:
     """The train-inpainting subcommand (`add(name, help=...)` makes a subparser)."""
     p = add("train-inpainting", help="fine-tune the tiny model for inpainting: 9 input channels (chapter 10)")
     p.add_argument("output", help="the model folder to write (diffusers layout)")
-    p.add_argument("--steps", type=positive_int, default=600, help="training steps")
+    p.add_argument(
+        "--steps", type=positive_int, default=2000, help="training steps (the packaged model: 2000)"
+    )
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.set_defaults(func=cmd_train_inpainting)

@@ -93,11 +93,12 @@ def test_img2img_trades_adherence_for_layout():
 
 def test_inpainting_blend_and_nine_channel_bars(inpaint_pipes):
     """Measured on 16 held-out tasks with 10 steps: the 9-channel UNet draws the requested object
-    (1.0) and keeps the outside of a box (32 dB); the blend keeps it by construction (34 dB)."""
+    (1.0) and keeps the outside of a box (35 dB), as the blend does by construction (34 dB); on
+    completing half an object it keeps the other half less exactly (24 dB; 19 dB after 600 steps)."""
     blend, nine = (
         editing.evaluate_inpainting(p, "replace", num_tasks=16, num_inference_steps=10) for p in inpaint_pipes
     )
-    assert nine["object"] >= 0.8 and nine["psnr"] >= 27
+    assert nine["object"] >= 0.8 and nine["psnr"] >= 30
     assert blend["object"] >= 0.75 and blend["psnr"] >= 30
     completed = editing.evaluate_inpainting(inpaint_pipes[1], "complete", 16, num_inference_steps=10)
-    assert completed["object"] >= 0.75
+    assert completed["object"] >= 0.75 and completed["psnr"] >= 21

@@ -1,5 +1,6 @@
 """The tiny inpainting recipe (minisd.training.inpainting): the zero-initialised 9-channel UNet equals the
-base model at step 0, the synthetic masks, and a short resumable run that loads as an inpainting model."""
+base model at step 0, the synthetic masks (some cut around the scenes' objects), and a short resumable
+run that loads as an inpainting model."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from minisd.models import UNet2DConditionModel
 from minisd.pipelines import StableDiffusionInpaintPipeline
-from minisd.shapes import TINY_CONFIGS, ShapesDataset, render_scene, tiny_model_path
+from minisd.shapes import TINY_CONFIGS, ShapesDataset, render_scene, shape_mask, tiny_model_path
 from minisd.training.inpainting import inpainting_unet, masked_inputs, random_masks, train_inpainting
 
 
@@ -24,14 +25,37 @@ def test_zero_initialised_channels_keep_the_base_model():
     assert torch.equal(ours, ref)
 
 
-def test_random_masks_mix_full_rectangles_and_strokes():
-    masks = random_masks(400, 32, torch.Generator().manual_seed(0))
+def _around_an_object(mask: np.ndarray, scene) -> bool:
+    """Whether the mask touches an object and lies inside its bounding box grown by 4 pixels."""
+    for shape in scene.shapes:
+        pixels = shape_mask(shape, 32)
+        ys, xs = np.nonzero(pixels)
+        box = np.zeros_like(pixels)
+        box[max(0, ys.min() - 4) : ys.max() + 5, max(0, xs.min() - 4) : xs.max() + 5] = True
+        if (mask & pixels).any() and not (mask & ~box).any():
+            return True
+    return False
+
+
+def test_random_masks_mix_full_objects_rectangles_and_strokes():
+    dataset = ShapesDataset(length=400, seed=0)
+    scenes = [dataset.scene(i) for i in range(400)]
+    masks = random_masks(400, 32, torch.Generator().manual_seed(0), scenes)
     assert masks.shape == (400, 1, 32, 32) and set(masks.unique().tolist()) <= {0.0, 1.0}
     covered = masks.mean(dim=(1, 2, 3))
     full = (covered == 1).float().mean().item()
-    assert 0.18 < full < 0.32  # a quarter fully masked
-    assert ((covered > 0) & (covered < 1)).float().mean() > 0.6  # the rest partly masked
+    assert 0.05 < full < 0.16  # a tenth fully masked
+    assert ((covered > 0) & (covered < 1)).float().mean() > 0.8  # the rest partly masked
     assert (covered > 0).all()  # every picture has something to repaint
+    # about 40% are boxes cut around an object; random rectangles and strokes seldom are
+    around = np.mean(
+        [_around_an_object(m, s) for m, s in zip(masks[:, 0].numpy() > 0.5, scenes, strict=True)]
+    )
+    blind = random_masks(400, 32, torch.Generator().manual_seed(0))  # no scenes: rectangles instead
+    around_blind = np.mean(
+        [_around_an_object(m, s) for m, s in zip(blind[:, 0].numpy() > 0.5, scenes, strict=True)]
+    )
+    assert around > 0.3 and around > around_blind + 0.2
 
 
 def test_training_conditioning_is_what_the_pipeline_feeds():
@@ -44,7 +68,7 @@ def test_training_conditioning_is_what_the_pipeline_feeds():
     dataset = ShapesDataset(length=3, seed=0)
     scenes = [dataset.scene(i) for i in range(3)]
     pictures = np.stack([render_scene(s, 32) for s in scenes])  # uint8 [3, 32, 32, 3]
-    masks = random_masks(3, 32, torch.Generator().manual_seed(0))  # [3, 1, 32, 32]
+    masks = random_masks(3, 32, torch.Generator().manual_seed(0), scenes)  # [3, 1, 32, 32]
     seen, forward = [], pipe.unet.forward
 
     def record(sample, *args, **kwargs):

@@ -3,8 +3,10 @@
 The recipe of the official inpainting checkpoints, scaled down: the text-to-image UNet gets five
 more input channels (the mask at latent size and the latents of the picture with the masked region
 blanked), zero-initialised so that step 0 computes exactly what the base model computes, and is
-trained on the noise-prediction loss with synthetic masks: random rectangles, random thick strokes,
-and a quarter of the pictures fully masked (there the model stays a text-to-image model).
+trained on the noise-prediction loss with synthetic masks: boxes cut around one of the scene's
+objects (whole, or a part of it, so that the model learns to continue what it keeps), random
+rectangles, random thick strokes, and a tenth of the pictures fully masked (there the model stays a
+text-to-image model).
 Mask 1 = repaint. The text encoder, autoencoder and tokenizer are the base model's, frozen.
 """
 
@@ -14,19 +16,23 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minisd.loading.files import check_destination
 from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
-from minisd.shapes import ShapesDataset, tiny_model_path
+from minisd.shapes import ShapeScene, ShapesDataset, shape_mask, tiny_model_path
 from minisd.training.data import RenderedDataset
 from minisd.training.text_to_image import save_model, train_text_to_image
 from minisd.training.tiny import default_checkpoint_dir
 
-FULL_MASK, RECTANGLE = 0.25, 0.6  # the share of fully masked pictures; rectangles up to 0.6, then strokes
+# the mask mix, as cumulative shares: fully masked pictures, then boxes cut around an object (its
+# whole box or a part of it, as when a half is to be completed), then random rectangles, then strokes
+FULL_MASK, OBJECT, RECTANGLE = 0.1, 0.5, 0.75
 
 
 def inpainting_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -39,6 +45,11 @@ def inpainting_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
     return unet
 
 
+def _randint(lo: int, hi: int, gen: torch.Generator) -> int:
+    """A random integer in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+
 def _stroke(size: int, gen: torch.Generator) -> torch.Tensor:
     """A thick segment between two random points: [size, size] of 0/1."""
     (x0, y0, x1, y1), width = torch.rand(4, generator=gen) * size, 2 + 4 * torch.rand(1, generator=gen).item()
@@ -48,22 +59,39 @@ def _stroke(size: int, gen: torch.Generator) -> torch.Tensor:
     return ((xs - x0 - t * dx) ** 2 + (ys - y0 - t * dy) ** 2 <= (width / 2) ** 2).float()
 
 
-def random_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """`n` training masks [n, 1, size, size] of 0/1 (1 = repaint): a quarter everything, then random
-    rectangles (a quarter to three quarters of the side), then one to three random strokes."""
+def _object_box(scene: ShapeScene, size: int, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the box of one of the scene's objects grown by 0-4 pixels, whole (one time in
+    five) or cut across at 30-70% of its height or width, keeping the part on one side."""
+    shape = scene.shapes[_randint(0, len(scene.shapes) - 1, gen)]
+    ys, xs = np.nonzero(shape_mask(shape, size))
+    margin = _randint(0, 4, gen)
+    y0, y1 = max(0, int(ys.min()) - margin), min(size, int(ys.max()) + margin + 1)
+    x0, x1 = max(0, int(xs.min()) - margin), min(size, int(xs.max()) + margin + 1)
+    part, cut = _randint(0, 4, gen), 0.3 + 0.4 * torch.rand(1, generator=gen).item()
+    cy, cx = y0 + max(1, round(cut * (y1 - y0))), x0 + max(1, round(cut * (x1 - x0)))
+    return [(y0, y1, x0, cx), (y0, y1, cx, x1), (y0, cy, x0, x1), (cy, y1, x0, x1), (y0, y1, x0, x1)][part]
+
+
+def random_masks(
+    n: int, size: int, gen: torch.Generator, scenes: Sequence[ShapeScene] | None = None
+) -> torch.Tensor:
+    """`n` training masks [n, 1, size, size] of 0/1 (1 = repaint), drawn in the shares of FULL_MASK,
+    OBJECT and RECTANGLE: everything; a box around one object of `scenes[i]`, whole or a part of it
+    (without scenes, a random rectangle instead); a random rectangle (a quarter to three quarters of
+    the side); one to three random strokes."""
     masks = torch.zeros(n, 1, size, size)
-    for m, kind in zip(masks, torch.rand(n, generator=gen).tolist(), strict=True):
+    for i, (m, kind) in enumerate(zip(masks, torch.rand(n, generator=gen).tolist(), strict=True)):
         if kind < FULL_MASK:
             m.fill_(1)
+        elif kind < OBJECT and scenes is not None and scenes[i].shapes:
+            y0, y1, x0, x1 = _object_box(scenes[i], size, gen)
+            m[0, y0:y1, x0:x1] = 1
         elif kind < RECTANGLE:
             h, w = (size * (0.25 + 0.5 * torch.rand(2, generator=gen))).long().tolist()
-            y, x = (
-                torch.randint(0, size - h + 1, (1,), generator=gen).item(),
-                torch.randint(0, size - w + 1, (1,), generator=gen).item(),
-            )
+            y, x = _randint(0, size - h, gen), _randint(0, size - w, gen)
             m[0, y : y + h, x : x + w] = 1
         else:
-            for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+            for _ in range(_randint(1, 3, gen)):
                 m[0] = m[0].maximum(_stroke(size, gen))
     return masks
 
@@ -83,10 +111,11 @@ def masked_inputs(
 
 def train_inpainting(
     folder: str | os.PathLike,
-    steps: int = 600,
+    steps: int = 2_000,
     batch_size: int = 32,
-    num_scenes: int = 2_000,
+    num_scenes: int = 10_000,
     lr: float = 1e-3,
+    ema_decay: float = 0.999,
     seed: int = 1,
     base: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -113,10 +142,11 @@ def train_inpainting(
 
     def extra_channels(idx: list[int], gen: torch.Generator) -> torch.Tensor:
         images = dataset.images[idx].to(device)  # [B, 3, H, W] in [-1, 1]
-        return masked_inputs(vae, images, random_masks(len(idx), size, gen).to(device), gen)
+        masks = random_masks(len(idx), size, gen, [dataset.scenes[i] for i in idx])
+        return masked_inputs(vae, images, masks.to(device), gen)
 
     result = train_text_to_image(
-        unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size, lr=lr, ema_decay=0.99,
+        unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
         checkpoint_dir=checkpoint_dir, checkpoint_every=100, mask_text_padding=mask_text_padding,
         train_text_encoder=False, extra_channels=extra_channels, progress=progress, device=device,
     )  # fmt: skip
@@ -130,7 +160,22 @@ def train_inpainting(
         "seconds": round(time.time() - start, 1),  # of this call: a resumed run counts its own part only
         "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         "device": str(device),
-        "recipe": dict(steps=steps, batch_size=batch_size, num_scenes=num_scenes, lr=lr, seed=seed),
+        "recipe": dict(
+            steps=steps,
+            batch_size=batch_size,
+            num_scenes=num_scenes,
+            lr=lr,
+            ema_decay=ema_decay,
+            seed=seed,
+            masks={  # the shares of the mask kinds
+                kind: round(share, 3)
+                for kind, share in zip(
+                    ("full", "object", "rectangle", "strokes"),
+                    (FULL_MASK, OBJECT - FULL_MASK, RECTANGLE - OBJECT, 1 - RECTANGLE),
+                    strict=True,
+                )
+            },
+        ),
         "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else math.nan,
         "losses": [round(x, 5) for x in losses],
     }
