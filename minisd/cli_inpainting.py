@@ -20,7 +20,7 @@ def add_train_inpainting(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("train-inpainting", help="fine-tune the tiny model for inpainting: 9 input channels (chapter 10)")
     p.add_argument("output", help="the model folder to write (diffusers layout)")
     p.add_argument(
-        "--steps", type=positive_int, default=2000, help="training steps (the packaged model: 2000)"
+        "--steps", type=positive_int, default=4000, help="training steps (the packaged model: 4000)"
     )
     p.add_argument("--checkpoint-dir", help="keep the training state here; rerun to resume")
     p.set_defaults(func=cmd_train_inpainting)

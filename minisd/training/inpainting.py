@@ -5,8 +5,10 @@ more input channels (the mask at latent size and the latents of the picture with
 blanked), zero-initialised so that step 0 computes exactly what the base model computes, and is
 trained on the noise-prediction loss with synthetic masks: boxes cut around one of the scene's
 objects (whole, or a part of it, so that the model learns to continue what it keeps), random
-rectangles, random thick strokes, and a tenth of the pictures fully masked (there the model stays a
-text-to-image model).
+rectangles, random thick strokes, a tenth of the pictures fully masked (there the model stays a
+text-to-image model) and a tenth with nothing masked (there it must copy everything). In the kept
+latent cells the loss is weighted towards the error of the model's estimate of the clean latents
+(`kept_region_weight`): what the model must learn there is to copy, and copying is about x0.
 Mask 1 = repaint. The text encoder, autoencoder and tokenizer are the base model's, frozen.
 """
 
@@ -25,7 +27,8 @@ import torch.nn.functional as F
 
 from minisd.loading.files import check_destination
 from minisd.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
-from minisd.shapes import ShapeScene, ShapesDataset, shape_mask, tiny_model_path
+from minisd.schedulers import DDPMScheduler
+from minisd.shapes import TINY_CONFIGS, ShapeScene, ShapesDataset, shape_mask, tiny_model_path
 from minisd.training.data import RenderedDataset
 from minisd.training.text_to_image import save_model, train_text_to_image
 from minisd.training.tiny import default_checkpoint_dir
@@ -33,6 +36,8 @@ from minisd.training.tiny import default_checkpoint_dir
 # the mask mix, as cumulative shares: fully masked pictures, then boxes cut around an object (its
 # whole box or a part of it, as when a half is to be completed), then random rectangles, then strokes
 FULL_MASK, OBJECT, RECTANGLE = 0.1, 0.5, 0.75
+KEEP_ALL = 0.1  # then this share of all masks is emptied: nothing to repaint
+KEPT_WEIGHT_MAX = 10.0  # the cap of the loss weight in kept cells (see kept_region_weight)
 
 
 def inpainting_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -78,7 +83,8 @@ def random_masks(
     """`n` training masks [n, 1, size, size] of 0/1 (1 = repaint), drawn in the shares of FULL_MASK,
     OBJECT and RECTANGLE: everything; a box around one object of `scenes[i]`, whole or a part of it
     (without scenes, a random rectangle instead); a random rectangle (a quarter to three quarters of
-    the side); one to three random strokes."""
+    the side); one to three random strokes. Then a KEEP_ALL share of them, drawn afterwards, is
+    emptied (all 0)."""
     masks = torch.zeros(n, 1, size, size)
     for i, (m, kind) in enumerate(zip(masks, torch.rand(n, generator=gen).tolist(), strict=True)):
         if kind < FULL_MASK:
@@ -93,7 +99,24 @@ def random_masks(
         else:
             for _ in range(_randint(1, 3, gen)):
                 m[0] = m[0].maximum(_stroke(size, gen))
+    masks[torch.rand(n, generator=gen) < KEEP_ALL] = 0
     return masks
+
+
+def kept_region_weight(
+    timesteps: torch.Tensor, small_masks: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
+    """The per-cell loss weight [B, 1, h, w] for timesteps [B] and latent-size masks [B, 1, h, w]:
+    1 in the cells to repaint; (1 - ᾱ_t) / ᾱ_t, kept within [1, KEPT_WEIGHT_MAX], in the kept cells.
+
+    The model's estimate of the clean latents is x0 = (x_t - √(1 - ᾱ_t) ε̂) / √ᾱ_t, so its squared
+    error is the noise error times (1 - ᾱ_t) / ᾱ_t: in the kept cells the weighted loss is the x0
+    loss (capped), which punishes at the noisiest steps what the plain noise loss hardly sees there,
+    a kept region redrawn instead of copied.
+    """
+    a = alphas_cumprod.to(timesteps.device)[timesteps].view(-1, 1, 1, 1)
+    kept_weight = ((1 - a) / a).clamp(1, KEPT_WEIGHT_MAX)
+    return 1 + (1 - small_masks) * (kept_weight - 1)
 
 
 def masked_inputs(
@@ -111,7 +134,7 @@ def masked_inputs(
 
 def train_inpainting(
     folder: str | os.PathLike,
-    steps: int = 2_000,
+    steps: int = 4_000,
     batch_size: int = 32,
     num_scenes: int = 10_000,
     lr: float = 1e-3,
@@ -139,6 +162,7 @@ def train_inpainting(
     mask_text_padding = bool(json.loads((base / "model_index.json").read_text()).get("mask_text_padding"))
     dataset = RenderedDataset(ShapesDataset(length=num_scenes, seed=seed), progress)
     size = dataset.images.shape[-1]
+    alphas_cumprod = DDPMScheduler.from_config(TINY_CONFIGS["scheduler"]).alphas_cumprod
 
     def extra_channels(idx: list[int], gen: torch.Generator) -> torch.Tensor:
         images = dataset.images[idx].to(device)  # [B, 3, H, W] in [-1, 1]
@@ -149,6 +173,7 @@ def train_inpainting(
         unet, text_encoder, vae, tokenizer, dataset, steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
         checkpoint_dir=checkpoint_dir, checkpoint_every=100, mask_text_padding=mask_text_padding,
         train_text_encoder=False, extra_channels=extra_channels, progress=progress, device=device,
+        loss_weight=lambda t, extra: kept_region_weight(t, extra[:, :1], alphas_cumprod),
     )  # fmt: skip
     save_model(folder, result["unet"], text_encoder, vae, tokenizer, mask_text_padding=mask_text_padding)
     index = json.loads((folder / "model_index.json").read_text())
@@ -170,11 +195,16 @@ def train_inpainting(
             masks={  # the shares of the mask kinds
                 kind: round(share, 3)
                 for kind, share in zip(
-                    ("full", "object", "rectangle", "strokes"),
-                    (FULL_MASK, OBJECT - FULL_MASK, RECTANGLE - OBJECT, 1 - RECTANGLE),
+                    ("full", "object", "rectangle", "strokes", "none"),
+                    (
+                        *((1 - KEEP_ALL) * p for p in (FULL_MASK, OBJECT - FULL_MASK, RECTANGLE - OBJECT)),
+                        (1 - KEEP_ALL) * (1 - RECTANGLE),
+                        KEEP_ALL,
+                    ),
                     strict=True,
                 )
             },
+            kept_weight_max=KEPT_WEIGHT_MAX,
         ),
         "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else math.nan,
         "losses": [round(x, 5) for x in losses],

@@ -52,6 +52,7 @@ def train_text_to_image(
     ground_relation: bool = False,
     train_text_encoder: bool = True,
     extra_channels: Callable[[list[int], torch.Generator], torch.Tensor] | None = None,
+    loss_weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -65,7 +66,8 @@ def train_text_to_image(
     `train_text_encoder` False keeps the text encoder frozen (fine-tuning the UNet alone).
     `extra_channels(indices, generator)`, when given, returns [B, C, h, w] that are concatenated to
     the noisy latents of those dataset items (an inpainting UNet's mask and masked-picture latents),
-    drawn with the step's generator after its other draws.
+    drawn with the step's generator after its other draws. `loss_weight(timesteps, extra)`, when
+    given, weighs each squared error of the noise loss (`extra` is None without `extra_channels`).
 
     With `checkpoint_dir`, the state is saved every `checkpoint_every` steps and a run started
     again with the same directory resumes where it stopped.
@@ -114,7 +116,7 @@ def train_text_to_image(
             dataset, posteriors, step, batch_size, vae=vae, tokenizer=tokenizer, scheduler=scheduler,
             caption_dropout=caption_dropout, mask_text_padding=mask_text_padding, device=device,
         )  # fmt: skip
-        noisy = b.noisy  # q(x_t | x_0)
+        noisy, extra = b.noisy, None  # q(x_t | x_0)
         if extra_channels is not None:
             extra = extra_channels(b.idx, b.generator).to(device)  # [B, C, 8, 8]
             noisy = torch.cat([noisy, extra], dim=1)  # [B, 4 + C, 8, 8]
@@ -123,7 +125,10 @@ def train_text_to_image(
             recording_cross_attention(unet, side // 2) if grounding_weight else nullcontext([]) as coarse,
         ):
             pred = unet(noisy, b.t, text_encoder(b.ids)[0], encoder_attention_mask=b.mask).sample
-        loss = F.mse_loss(pred, b.noise)
+        if loss_weight is None:
+            loss = F.mse_loss(pred, b.noise)
+        else:
+            loss = (loss_weight(b.t, extra) * (pred - b.noise) ** 2).mean()
         if grounding_weight:
             tokens = ground_tokens[b.idx] * ~b.dropped[:, None]  # no words to ground in a dropped caption
             maps = fine + [upsample_map(m, side // 2) for m in coarse]  # each [B, side * side, L]
