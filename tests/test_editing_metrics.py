@@ -92,13 +92,15 @@ def test_img2img_trades_adherence_for_layout():
 
 
 def test_inpainting_blend_and_nine_channel_bars(inpaint_pipes):
-    """Measured on 16 held-out tasks with 10 steps: the 9-channel UNet draws the requested object
-    (1.0) and keeps the outside of a box (35 dB), as the blend does by construction (34 dB); on
-    completing half an object it keeps the other half less exactly (24 dB; 19 dB after 600 steps)."""
+    """Measured on 16 held-out tasks with 10 steps: replacing an object, the 9-channel UNet draws it
+    (1.0) and keeps the outside of the box better than the blend (38 vs 34 dB) with less of a seam
+    (1.6 vs 2.6); completing half an object it keeps the other half less exactly than the blend
+    (26.5 vs 30 dB; the 2,000-step plain-loss model: 24, the 600-step one: 19)."""
     blend, nine = (
         editing.evaluate_inpainting(p, "replace", num_tasks=16, num_inference_steps=10) for p in inpaint_pipes
     )
-    assert nine["object"] >= 0.8 and nine["psnr"] >= 30
+    assert nine["object"] >= 0.8 and nine["psnr"] >= 35 and nine["psnr"] > blend["psnr"] + 1
     assert blend["object"] >= 0.75 and blend["psnr"] >= 30
+    assert nine["seam"] < blend["seam"]
     completed = editing.evaluate_inpainting(inpaint_pipes[1], "complete", 16, num_inference_steps=10)
-    assert completed["object"] >= 0.75 and completed["psnr"] >= 21
+    assert completed["object"] >= 0.75 and completed["psnr"] >= 25

@@ -203,8 +203,8 @@ def evaluate_inpainting(
     """Inpainting with a `StableDiffusionInpaintPipeline` (4 channels: blend; 9: an inpainting UNet) on
     `inpaint_tasks` of `kind`: "psnr" (mean dB outside the mask, against the input), "object" (share
     with the requested colour and shape, and one object only), "iou" (mean IoU of the object's pixels
-    with the target's), "seam" (mean `seam` of the mask's border against the target scene), and the
-    pictures, inputs and masks."""
+    with the target's), "seam" (mean `seam` of the mask's border against the target scene; "seams" per
+    task), and the pictures, inputs and masks."""
     tasks = inpaint_tasks(num_tasks, seed, kind)
     pictures = [render_scene(source, SIZE) for source, _, _ in tasks]
     images = _uint8(
@@ -228,6 +228,7 @@ def evaluate_inpainting(
         "object": float(np.mean([s["color"] and s["shape"] and s["count"] for s in scores])),
         "iou": float(np.mean(ious)),
         "seam": float(np.mean(seams)),
+        "seams": np.array(seams),
         "images": images,
         "inputs": np.stack(pictures),
         "masks": np.stack([m for _, _, m in tasks]),
