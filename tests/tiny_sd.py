@@ -94,3 +94,18 @@ def save_sd15_pipeline(folder: Path, **unet) -> Path:
         vae=SD15["vae"],
         text=SD15["text_encoder"],
     )
+
+
+# Two loads of the same weights need not give bit-identical pictures: on one thread the CPU's matrix
+# kernels can round differently depending on where in memory a weight lies (seen: 5e-6 on [0, 1]).
+# So a conversion is proven by its weights, bit for bit, and its pictures agree to this tolerance.
+SAME_WEIGHTS_ATOL = 1e-4
+
+
+def assert_same_weights(a, b) -> None:
+    """Pipelines `a` and `b` hold bit-identical weights in the UNet, the autoencoder and the text encoder."""
+    for name in ("unet", "vae", "text_encoder"):
+        wa, wb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert wa.keys() == wb.keys(), name
+        differ = [k for k in wa if wa[k].dtype != wb[k].dtype or not torch.equal(wa[k], wb[k])]
+        assert not differ, f"{name}: {differ[:3]}"
