@@ -15,7 +15,7 @@ from diffusers import (
 )
 from diffusers import StableDiffusionPipeline as RefPipeline
 from PIL import Image
-from tiny_sd import SAME_WEIGHTS_ATOL, assert_same_weights, save_diffusers_pipeline
+from tiny_sd import SAME_WEIGHTS_ATOL, save_diffusers_pipeline, weight_digests
 
 from minisd import convert
 from minisd import loading as ck
@@ -228,11 +228,11 @@ def test_single_file_and_round_trip(folder, pipe, tmp_path):
     want = run_ours(pipe, prompt=PROMPT, latents=x)
     convert.folder_to_single_file(folder, tmp_path / "sd.safetensors")
     single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd.safetensors", config=folder, device="cpu")
-    assert_same_weights(single, pipe)
+    assert weight_digests(single) == weight_digests(pipe)
     assert max_diff(run_ours(single, prompt=PROMPT, latents=x), want) < SAME_WEIGHTS_ATOL
     convert.single_file_to_folder(tmp_path / "sd.safetensors", tmp_path / "back", config=folder)
     back = StableDiffusionPipeline.from_pretrained(tmp_path / "back", device="cpu")
-    assert_same_weights(back, pipe)
+    assert weight_digests(back) == weight_digests(pipe)
     assert max_diff(run_ours(back, prompt=PROMPT, latents=x), want) < SAME_WEIGHTS_ATOL
 
 
@@ -320,12 +320,13 @@ def test_full_size_v15_random_weights(sd15_folder, tmp_path):
     assert ours.text_encoder.num_parameters() == 123_060_480
     x = latents()
     kwargs = dict(prompt=PROMPT, latents=x, num_inference_steps=2)
-    got = run_ours(ours, **kwargs)
+    got, weights = run_ours(ours, **kwargs), weight_digests(ours)
     del ours
     assert max_diff(got, run_ref(load_ref(sd15_folder), **kwargs)) < 2e-3
     # the original single file with the packaged v1.5 configs (config=None), like v1-5-pruned-emaonly
     convert.folder_to_single_file(sd15_folder, tmp_path / "sd15.safetensors")
     single = StableDiffusionPipeline.from_pretrained(tmp_path / "sd15.safetensors", device="cpu")
+    assert weight_digests(single) == weights
     assert max_diff(run_ours(single, **kwargs), got) < SAME_WEIGHTS_ATOL
 
 
